@@ -1,0 +1,212 @@
+"""Typed schema behind the Hydra YAML in conf/.
+
+Each default lives here or in the YAML, not both: the YAML files only set what a
+config group changes. `build_config` turns a composed OmegaConf tree into these
+dataclasses (unknown keys and wrong types fail there) and then checks the
+cross-field rules, naming the field and the allowed values.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    # Path of an HF-format model directory; empty means "make one with the tiny factory".
+    path: str = ""
+    size: str = "tiny"
+    architecture: str = "llama"
+    # Supervised warm start run before RL when the model has none yet.
+    warm_start: bool = True
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    min_digits: int = 1
+    max_digits: int = 2
+    operators: list[str] = field(default_factory=lambda: ["+"])
+    # Weight of the format reward (answer is digits then EOS); 0 disables it.
+    format_reward: float = 0.0
+    eval_size: int = 500
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 6
+    # vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
+    kv_cache_gib: int = 1
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "grpo"
+    norm_adv_by_std: bool = True
+    policy_loss: str = "vanilla"
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
+    loss_agg_mode: str = "token-mean"
+    # 0 disables the KL term and the reference model is never loaded.
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 40
+    prompts_per_step: int = 32
+    lr: float = 5e-5
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    micro_batch_size: int = 64
+    zero_stage: int = 2
+    seed: int = 0
+    save_every: int = 10
+    eval_every: int = 0
+    # auto: continue from the newest complete checkpoint; never: start fresh.
+    resume: str = "auto"
+    # Stop (raise) after this step; for tests of killed runs. 0: never.
+    fail_at_step: int = 0
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = "local"
+    n_workers: int = 1
+    threads_per_worker: int = 1
+    address: str = ""
+
+
+@dataclass
+class StorageConfig:
+    # Run folder; empty: runs/<run_name>.
+    uri: str = ""
+    # Where warm-start models are cached, keyed by model and task.
+    cache_dir: str = "runs/_cache"
+
+
+@dataclass
+class SiirlConfig:
+    run_name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return self.storage.uri or os.path.join("runs", self.run_name)
+
+
+def _one_of(key: str, value: Any, allowed) -> None:
+    allowed = sorted(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; expected one of {allowed}")
+
+
+def _positive(key: str, value, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{key}={value!r} is not allowed; expected a number {bound}")
+
+
+def validate(cfg: SiirlConfig) -> SiirlConfig:
+    """Cross-field rules, checked before any model is loaded."""
+    from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
+    from siirl_core.models.factory import ARCHITECTURES, SIZES
+    from siirl_core.data import TASKS
+
+    _one_of("rollout.backend", cfg.rollout.backend, {"vllm", "hf"})
+    _one_of("algorithm.adv_estimator", cfg.algorithm.adv_estimator, ADVANTAGE_ESTIMATORS.names())
+    _one_of("algorithm.policy_loss", cfg.algorithm.policy_loss, POLICY_LOSSES.names())
+    _one_of("algorithm.loss_agg_mode", cfg.algorithm.loss_agg_mode, LOSS_AGG_MODES.names())
+    _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS.names())
+    _one_of("trainer.zero_stage", cfg.trainer.zero_stage, {0, 1, 2, 3})
+    _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
+    _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
+    _one_of("task.name", cfg.task.name, TASKS.names())
+    _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
+    if not cfg.model.path:
+        _one_of("model.size", cfg.model.size, SIZES)
+    elif not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
+        raise ConfigError(
+            f"model.path={cfg.model.path!r} is not an HF model directory "
+            "(expected a folder with config.json and tokenizer files)")
+    for key in ("rollout.n", "rollout.max_new_tokens", "trainer.steps", "trainer.prompts_per_step",
+                "trainer.ppo_epochs", "trainer.mini_batches", "trainer.micro_batch_size",
+                "sft.batch_size", "cluster.n_workers", "cluster.threads_per_worker"):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name))
+    for key in ("trainer.lr", "sft.lr", "rollout.temperature"):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name))
+    for key in ("algorithm.kl_coef", "algorithm.clip_ratio_low", "algorithm.clip_ratio_high",
+                "trainer.save_every", "trainer.eval_every", "trainer.warmup_steps", "sft.steps"):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name), zero_ok=True)
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} is not allowed; expected 0 < top_p <= 1")
+    if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "dr_grpo"):
+        raise ConfigError("rollout.n must be >= 2 for group-relative advantages (GRPO)")
+    if cfg.trainer.prompts_per_step % cfg.cluster.n_workers:
+        raise ConfigError(
+            f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} must be divisible by "
+            f"cluster.n_workers={cfg.cluster.n_workers} (each rank takes an equal shard)")
+    per_rank = cfg.trainer.prompts_per_step // cfg.cluster.n_workers * cfg.rollout.n
+    if per_rank % cfg.trainer.mini_batches:
+        raise ConfigError(
+            f"trainer.mini_batches={cfg.trainer.mini_batches} must divide the samples per rank "
+            f"({per_rank} = prompts_per_step / n_workers * rollout.n)")
+    if cfg.trainer.resume not in ("auto", "never") and not cfg.trainer.resume.isdigit():
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r} is not allowed; expected auto, never or a step number")
+    return cfg
+
+
+def build_config(composed: DictConfig | dict) -> SiirlConfig:
+    """Typed, validated config from a composed Hydra/OmegaConf tree."""
+    schema = OmegaConf.structured(SiirlConfig)
+    try:
+        merged = OmegaConf.merge(schema, composed)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"bad config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+    return validate(cfg)
+
+
+def to_dict(cfg: SiirlConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def from_dict(d: dict) -> SiirlConfig:
+    return build_config(OmegaConf.create(d))

@@ -1,0 +1,52 @@
+"""The rollout engine protocol: prompts in, n sampled responses per prompt out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8
+    greedy: bool = False
+
+
+@dataclass
+class RolloutBatch:
+    """Samples in prompt-major order: the n samples of prompt i are rows i*n..i*n+n-1."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    # Log-probs of the sampled tokens under the rollout engine (raw, temperature 1 logits).
+    response_logprobs: list[list[float]]
+    finished: list[bool]  # the response ended with EOS
+    group_index: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+        """Sample sampling.n responses for each prompt; deterministic for a given seed and weights."""
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new policy weights in place, without restarting the engine."""
+
+
+def strip_eos(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
+    """Response tokens up to and including the first EOS, and whether EOS was produced."""
+    if eos_id in ids:
+        cut = ids.index(eos_id)
+        return ids[:cut + 1], True
+    return ids, False
+
+
+def named_weights(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in module.state_dict().items():
+        yield name, tensor.detach()

@@ -1,0 +1,61 @@
+"""vLLM in-process rollout (the CPU build on machines without GPUs)."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+
+from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
+
+
+class VLLMRollout:
+    def __init__(self, model_path: str, eos_id: int, seed: int = 0, dtype: str = "float32",
+                 max_model_len: int = 128, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3):
+        # In-process engine: no extra processes inside a Dask worker, and direct
+        # access to the model runner for weight sync.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        from vllm import LLM
+
+        kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.eos_id = eos_id
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # One seed per prompt: samples depend only on (seed, prompt position, weights),
+        # so a resumed run replays exactly what an uninterrupted one sampled.
+        params = [
+            SamplingParams(
+                n=sampling.n, max_tokens=sampling.max_new_tokens, logprobs=0, detokenize=False,
+                temperature=0.0 if sampling.greedy else sampling.temperature,
+                top_p=1.0 if sampling.greedy else sampling.top_p,
+                seed=None if sampling.greedy else seed * 1_000_003 + i,
+            )
+            for i in range(len(prompt_ids))
+        ]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params,
+                                 use_tqdm=False)
+        batch = RolloutBatch([], [], [], [], [])
+        for i, out in enumerate(outs):
+            for comp in out.outputs:
+                ids, finished = strip_eos(list(comp.token_ids), self.eos_id)
+                lps = [next(iter(d.values())).logprob if len(d) == 1 else d[t].logprob
+                       for t, d in zip(ids, comp.logprobs)]
+                batch.prompt_ids.append(list(prompt_ids[i]))
+                batch.response_ids.append(ids)
+                batch.response_logprobs.append(lps)
+                batch.finished.append(finished)
+                batch.group_index.append(i)
+        return batch
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        runner.reload_weights(weights_iterator=iter(named_tensors))
+        # Cached prefixes hold KV computed with the old weights.
+        self.llm.reset_prefix_cache()

@@ -1,0 +1,162 @@
+"""RankWorker: one per rank, owns the models, the optimizer and the rollout engine,
+and runs whole iterations on its shard. It lives for the whole run (a Dask actor
+in the product; a plain object in tests and scripts)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+from siirl_core import checkpoint as ckpt
+from siirl_core.config import SiirlConfig, from_dict, to_dict
+from siirl_core.data import build_task, shard
+from siirl_core.distributed import barrier, init_process_group
+from siirl_core.metrics import MetricBag
+from siirl_core.models import load_causal_lm, load_tokenizer
+from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
+from siirl_core.rollout.base import SamplingConfig
+from siirl_core.version import code_version
+
+log = logging.getLogger("siirl.worker")
+
+
+class RankWorker:
+    def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int,
+                 master_addr: str = "127.0.0.1", master_port: int = 29500):
+        self.cfg: SiirlConfig = from_dict(cfg)
+        self.model_path = model_path
+        self.rank, self.world_size = rank, world_size
+        self.master = (master_addr, master_port)
+        self.step = 0  # last completed step
+        self.ready = False
+
+    # --- set-up -------------------------------------------------------------
+    def setup(self) -> dict:
+        cfg = self.cfg
+        init_process_group(self.rank, self.world_size, *self.master)
+        self._seed_everything(cfg.trainer.seed)
+        self.task = build_task(cfg.task)
+        self.tokenizer = load_tokenizer(self.model_path)
+        module = load_causal_lm(self.model_path)
+        self.actor = self._build_actor(module)
+        self.ref_module = None
+        if cfg.algorithm.kl_coef > 0:  # coefficient 0: no reference model at all
+            self.ref_module = load_causal_lm(self.model_path).eval().requires_grad_(False)
+        self.rollout = self._build_rollout()
+        self.ready = True
+        return {"rank": self.rank, "parameters": sum(p.numel() for p in module.parameters())}
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _build_actor(self, module):
+        from siirl_core.training.actor import DeepSpeedActor
+
+        t = self.cfg.trainer
+        per_rank = t.prompts_per_step // self.world_size * self.cfg.rollout.n
+        grad_accum = math.ceil(per_rank // t.mini_batches / t.micro_batch_size)
+        return DeepSpeedActor(
+            module, lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+            total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
+            zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
+            world_size=self.world_size, grad_clip=t.grad_clip, bf16=torch.cuda.is_available())
+
+    def _build_rollout(self):
+        r = self.cfg.rollout
+        if r.backend == "vllm":
+            from siirl_core.rollout.vllm_engine import VLLMRollout
+            return VLLMRollout(self.model_path, eos_id=self.tokenizer.eos_token_id, seed=self.cfg.trainer.seed,
+                               kv_cache_gib=r.kv_cache_gib)
+        from siirl_core.rollout.hf_engine import HFRollout
+        return HFRollout(self.actor.module, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id)
+
+    # --- iterations ---------------------------------------------------------
+    def run_until(self, step: int) -> dict:
+        """Complete steps up to `step` (replaying after a restore) and return the reduced
+        metrics of `step`. Asking again for a completed step is an error, so a retry can
+        never apply an optimizer step twice."""
+        if step <= self.step:
+            raise RuntimeError(f"rank {self.rank}: step {step} already applied (at step {self.step})")
+        metrics = {}
+        while self.step < step:
+            bag = run_iteration(self, self.step + 1, DEFAULT_GRPO_PIPELINE)
+            self.step += 1
+            if self.cfg.trainer.fail_at_step and self.step == self.cfg.trainer.fail_at_step:
+                raise RuntimeError(f"trainer.fail_at_step={self.step}: stopping as configured")
+            metrics = self._finish_metrics(bag)
+        return metrics
+
+    def _finish_metrics(self, bag: MetricBag) -> dict:
+        m = bag.reduce()
+        it = m.get("timing_s/iteration", 0.0) or float("nan")
+        m["perf/rollout_tokens_per_s"] = m.get("perf/rollout_tokens", 0) / max(m.get("timing_s/rollout", 0), 1e-9)
+        m["perf/train_tokens_per_s"] = m.get("perf/train_tokens", 0) / max(m.get("timing_s/update", 0), 1e-9)
+        m["perf/tokens_per_s"] = (m.get("perf/rollout_tokens", 0) + m.get("perf/train_tokens", 0)) / it
+        return m
+
+    # --- evaluation ---------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Greedy exact-match accuracy on the held-out set (sharded over ranks)."""
+        problems = self.task.eval_set()
+        k = math.ceil(len(problems) / self.world_size)
+        mine = problems[self.rank * k:(self.rank + 1) * k]
+        bag = MetricBag()
+        if mine:
+            prompt_ids = [self.tokenizer(p.prompt)["input_ids"] for p in mine]
+            out = self.rollout.generate(prompt_ids, SamplingConfig(n=1, greedy=True,
+                                        max_new_tokens=self.cfg.rollout.max_new_tokens), seed=0)
+            texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in out.response_ids]
+            correct = sum(self.task.score(t, p.answer, f) for t, p, f in zip(texts, mine, out.finished))
+            bag.add("val/accuracy", correct / len(mine), weight=len(mine))
+        else:
+            bag.add("val/accuracy", 0.0, weight=0.0)
+        return bag.reduce()
+
+    # --- checkpoints --------------------------------------------------------
+    def save(self, run_dir: str, metrics: dict) -> str:
+        folder = ckpt.step_dir(run_dir, self.step)
+        if self.rank == 0 and os.path.exists(folder):
+            shutil.rmtree(folder)  # a leftover incomplete save of this step
+        barrier()
+        self.actor.engine.save_checkpoint(os.path.join(folder, "engine"), tag="state")
+        if self.rank == 0:
+            self.export(os.path.join(folder, "policy"))
+            with open(os.path.join(folder, "state.json"), "w") as f:
+                json.dump({"step": self.step, "next_data_step": self.step + 1}, f)
+        barrier()
+        if self.rank == 0:
+            ckpt.write_manifest(folder, self.step, self.world_size, to_dict(self.cfg), metrics, code_version())
+        barrier()
+        return folder
+
+    def restore(self, folder: str, step: int) -> int:
+        manifest = ckpt.verify(folder)
+        if manifest is None:
+            raise FileNotFoundError(f"checkpoint {folder} is incomplete")
+        if manifest["world_size"] != self.world_size:
+            raise ValueError(f"checkpoint {folder} was written by {manifest['world_size']} ranks; "
+                             f"this run has {self.world_size} (resharding is not supported yet)")
+        self.actor.engine.load_checkpoint(os.path.join(folder, "engine"), tag="state",
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+        self.rollout.sync_weights(self.actor.named_weights())
+        self.step = step
+        return step
+
+    def export(self, out_dir: str) -> str:
+        """The policy as an HF-format directory (loads in transformers and vLLM)."""
+        state = dict(self.actor.named_weights())
+        os.makedirs(out_dir, exist_ok=True)
+        self.actor.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+        return out_dir
+
+    def current_step(self) -> int:
+        return self.step
