@@ -83,8 +83,12 @@ class TrainerConfig:
     eval_every: int = 0
     # auto: continue from the newest complete checkpoint; never: start fresh.
     resume: str = "auto"
-    # Stop (raise) after this step; for tests of killed runs. 0: never.
+    # Prefect retries of a failed iteration (each restores the newest checkpoint first).
+    retries: int = 1
+    # Raise once after completing this step, as a crash would; for tests. 0: never.
     fail_at_step: int = 0
+    # Checkpoints kept (newest first); 0 keeps all.
+    keep_checkpoints: int = 3
 
 
 @dataclass
@@ -199,9 +203,25 @@ def build_config(composed: DictConfig | dict) -> SiirlConfig:
         merged = OmegaConf.merge(schema, composed)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"bad config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+        raise ConfigError(explain_omegaconf_error(err)) from None
     return validate(cfg)
+
+
+def known_keys(section: str) -> list[str]:
+    node = OmegaConf.structured(SiirlConfig)
+    sub = OmegaConf.select(node, section) if section else node
+    return sorted(sub.keys()) if sub is not None and OmegaConf.is_dict(sub) else []
+
+
+def explain_omegaconf_error(err: OmegaConfBaseException) -> str:
+    """One line naming the key, what was wrong, and (for unknown keys) what exists."""
+    key = getattr(err, "full_key", None) or "?"
+    first = str(getattr(err, "msg", err)).splitlines()[0]
+    hint = ""
+    if "not in" in first:
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        hint = f"; known keys under {section or 'the top level'}: {known_keys(section)}"
+    return f"bad config key {key!r}: {first}{hint}"
 
 
 def to_dict(cfg: SiirlConfig) -> dict:

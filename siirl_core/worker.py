@@ -35,6 +35,7 @@ class RankWorker:
         self.master = (master_addr, master_port)
         self.step = 0  # last completed step
         self.ready = False
+        self._failed_once = False
 
     # --- set-up -------------------------------------------------------------
     def setup(self) -> dict:
@@ -89,7 +90,8 @@ class RankWorker:
         while self.step < step:
             bag = run_iteration(self, self.step + 1, DEFAULT_GRPO_PIPELINE)
             self.step += 1
-            if self.cfg.trainer.fail_at_step and self.step == self.cfg.trainer.fail_at_step:
+            if self.step == self.cfg.trainer.fail_at_step and not self._failed_once:
+                self._failed_once = True
                 raise RuntimeError(f"trainer.fail_at_step={self.step}: stopping as configured")
             metrics = self._finish_metrics(bag)
         return metrics

@@ -1,0 +1,35 @@
+"""`siirl train|sft [hydra overrides]`."""
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = "usage: siirl {train,sft} [key=value ...]   (Hydra overrides, e.g. trainer.steps=20 rollout=hf)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("train", "sft"):
+        print(USAGE, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, overrides = argv[0], argv[1:]
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from siirl_core.compose import compose_config
+    from siirl_core.config import ConfigError
+
+    try:
+        compose_config(overrides)  # validate before Prefect, Dask or any model starts
+    except ConfigError as err:
+        print(f"siirl: configuration error: {err}", file=sys.stderr)
+        return 2
+    if command == "train":
+        from flows.train import train_flow
+        train_flow(overrides)
+    else:
+        from flows.sft import sft_flow
+        sft_flow(overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Console output of a training run: a live progress bar and the closing summary."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+KEY_METRICS = (("reward/accuracy", "acc"), ("reward/mean", "reward"), ("actor/kl", "kl"),
+               ("actor/entropy", "ent"), ("response/length_mean", "len"), ("timing_s/iteration", "s/it"))
+
+console = Console(stderr=True)
+
+
+def progress_bar(total: int, completed: int) -> Progress:
+    bar = Progress(TextColumn("[bold]siirl-train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=console, transient=False)
+    bar.add_task("", total=total, completed=completed)
+    return bar
+
+
+def describe(metrics: dict) -> str:
+    return "  ".join(f"{short} {metrics[k]:.3f}" for k, short in KEY_METRICS if k in metrics)
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title="siirl-train summary", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    return table

@@ -1,0 +1,95 @@
+"""`siirl-train`: warm start if needed, then RL iterations as Prefect tasks over a
+Dask cluster of rank workers. The flow only sequences; the work runs on the ranks."""
+from __future__ import annotations
+
+import json
+import os
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.progress import console, describe, progress_bar, summary_table
+from flows.sft import sft_flow
+from infra.cluster import dask_client
+from infra.rank_group import start_rank_group
+from siirl_core.compose import compose_config
+from siirl_core.config import SiirlConfig, to_dict
+from siirl_core.metrics import MetricSinks
+from tasks.model import make_base_model
+from tasks.training import evaluate, export_policy, iteration_task, restore_checkpoint, save_checkpoint
+
+
+def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str:
+    if cfg.model.warm_start:
+        return sft_flow(overrides)
+    return make_base_model(cfg)
+
+
+def _initial_eval(group, run_dir: str) -> dict:
+    """Accuracy of the starting policy, measured once per run and kept in the run folder."""
+    path = os.path.join(run_dir, "eval_initial.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    result = evaluate(group, "initial")
+    with open(path, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: MetricSinks) -> dict:
+    run_iteration = iteration_task(cfg)
+    metrics: dict = {}
+    with progress_bar(cfg.trainer.steps, start) as bar:
+        for step in range(start + 1, cfg.trainer.steps + 1):
+            metrics = run_iteration(group, step, run_dir)
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
+                metrics.update(evaluate(group, f"step-{step}"))
+            sinks.write(step, metrics)
+            bar.update(bar.task_ids[0], advance=1, description=describe(metrics))
+            if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0 or step == cfg.trainer.steps):
+                save_checkpoint(group, run_dir, step, metrics, cfg.trainer.keep_checkpoints)
+    return metrics
+
+
+@flow(name="siirl-train", log_prints=True)
+def train_flow(overrides: list[str] | None = None) -> dict:
+    overrides = list(overrides or [])
+    cfg = compose_config(overrides)  # fails here, before any model is loaded
+    logger = get_run_logger()
+    run_dir = cfg.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(to_dict(cfg), f, indent=1)
+    policy = _policy_source(cfg, overrides)
+    with dask_client(cfg.cluster.kind, cfg.cluster.n_workers, cfg.cluster.threads_per_worker,
+                     cfg.cluster.address) as client:
+        logger.info("Dask dashboard: %s", client.dashboard_link)
+        group = start_rank_group(client, to_dict(cfg), policy, cfg.cluster.n_workers)
+        start = restore_checkpoint(group, run_dir, cfg.trainer.resume)
+        sinks = MetricSinks(run_dir)
+        sinks.truncate_after(start)
+        before = _initial_eval(group, run_dir)
+        last = _train_loop(cfg, group, run_dir, start, sinks)
+        after = evaluate(group, "final")
+        final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
+        sinks.close()
+    summary = {
+        "run_dir": run_dir, "steps": cfg.trainer.steps, "resumed_from_step": start,
+        "val_accuracy_before": before["val/accuracy"], "val_accuracy_after": after["val/accuracy"],
+        "checkpoints": os.path.join(run_dir, "checkpoints"), "final_policy": final_dir,
+        "metrics_jsonl": sinks.jsonl_path, "tensorboard": os.path.join(run_dir, "tensorboard"),
+        "last_train_accuracy": last.get("reward/accuracy", float("nan")),
+    }
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    console.print(summary_table(summary))
+    create_markdown_artifact(key="siirl-train-summary", markdown="\n".join(
+        ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()]))
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    train_flow(sys.argv[1:])

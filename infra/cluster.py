@@ -1,0 +1,49 @@
+"""The Dask cluster a run uses: LocalCluster, dask-cuda's LocalCUDACluster, or an
+existing scheduler address."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+from distributed import Client, LocalCluster
+
+log = logging.getLogger("siirl.cluster")
+
+
+def _local_cluster(n_workers: int, threads_per_worker: int):
+    # Worker processes (not threads): each rank needs its own torch.distributed state.
+    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                        dashboard_address="127.0.0.1:0", host="127.0.0.1")
+
+
+def _cuda_cluster(threads_per_worker: int):
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as err:
+        raise RuntimeError("cluster=local_cuda needs dask-cuda: install siirl-flow[gpu]") from err
+    return LocalCUDACluster(threads_per_worker=threads_per_worker, dashboard_address="127.0.0.1:0")
+
+
+@contextmanager
+def dask_client(kind: str, n_workers: int = 1, threads_per_worker: int = 1, address: str = "") -> Iterator[Client]:
+    cluster = None
+    if kind == "local":
+        cluster = _local_cluster(n_workers, threads_per_worker)
+    elif kind == "local_cuda":
+        cluster = _cuda_cluster(threads_per_worker)
+    elif kind == "address":
+        if not address:
+            raise ValueError("cluster.kind=address needs cluster.address=tcp://host:port")
+    else:
+        raise ValueError(f"cluster.kind={kind!r}; expected local, local_cuda or address")
+    client = Client(cluster) if cluster is not None else Client(address)
+    try:
+        if kind == "address":
+            client.wait_for_workers(n_workers, timeout=300)
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,68 @@
+"""Tasks that prepare the policy: the base model and the supervised warm start."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from siirl_core.config import SiirlConfig, to_dict
+from siirl_core.data import build_task
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def base_model_dir(cfg: SiirlConfig) -> str:
+    if cfg.model.path:
+        return cfg.model.path
+    task = build_task(cfg.task)
+    key = _key(cfg.model.size, cfg.model.architecture, task.alphabet, cfg.trainer.seed)
+    return os.path.join(cfg.storage.cache_dir, f"base-{cfg.model.architecture}-{cfg.model.size}-{key}")
+
+
+def warm_start_dir(cfg: SiirlConfig) -> str:
+    d = to_dict(cfg)
+    key = _key(base_model_dir(cfg), d["task"], d["sft"])
+    return os.path.join(cfg.storage.cache_dir, f"sft-{cfg.model.size}-{key}")
+
+
+@task(cache_policy=NO_CACHE)
+def make_base_model(cfg: SiirlConfig) -> str:
+    """The configured model directory, created by the tiny factory when no path is given."""
+    from siirl_core.models import create_tiny_model
+
+    out = base_model_dir(cfg)
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        task_ = build_task(cfg.task)
+        tmp = out + ".tmp"
+        create_tiny_model(tmp, task_.alphabet, size=cfg.model.size, architecture=cfg.model.architecture,
+                          seed=cfg.trainer.seed)
+        os.replace(tmp, out)
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def supervised_warm_start(cfg: SiirlConfig, base_dir: str, out_dir: str) -> str:
+    from prefect import get_run_logger
+
+    from siirl_core.sft import train_sft
+
+    logger = get_run_logger()
+
+    def report(step: int, loss: float) -> None:
+        if step % 50 == 0 or step == cfg.sft.steps:
+            logger.info("sft step %d/%d loss %.4f", step, cfg.sft.steps, loss)
+
+    return train_sft(base_dir, out_dir, build_task(cfg.task), cfg.sft.steps, cfg.sft.batch_size,
+                     cfg.sft.lr, cfg.sft.seed, on_step=report)
+
+
+@task(cache_policy=NO_CACHE)
+def greedy_eval(cfg: SiirlConfig, model_dir: str) -> float:
+    from siirl_core.sft import greedy_accuracy
+
+    return greedy_accuracy(model_dir, build_task(cfg.task), cfg.rollout.max_new_tokens)

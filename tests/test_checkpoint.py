@@ -1,0 +1,62 @@
+"""Manifests: incomplete or corrupted checkpoints are skipped, never loaded."""
+import json
+import os
+
+import pytest
+
+from siirl_core import checkpoint as ckpt
+
+
+def _fake_checkpoint(run_dir, step, complete=True):
+    folder = ckpt.step_dir(str(run_dir), step)
+    os.makedirs(os.path.join(folder, "engine"))
+    with open(os.path.join(folder, "engine", "weights.bin"), "wb") as f:
+        f.write(os.urandom(64))
+    with open(os.path.join(folder, "state.json"), "w") as f:
+        json.dump({"step": step}, f)
+    if complete:
+        ckpt.write_manifest(folder, step, 1, {"a": 1}, {"reward/mean": 0.5}, "test")
+    return folder
+
+
+def test_resume_picks_newest_complete(tmp_path):
+    for step in (2, 4):
+        _fake_checkpoint(tmp_path, step)
+    _fake_checkpoint(tmp_path, 6, complete=False)  # killed mid-save: no manifest
+    assert ckpt.find_resume_point(str(tmp_path), "auto")[0] == 4
+    assert ckpt.find_resume_point(str(tmp_path), "2")[0] == 2
+    assert ckpt.find_resume_point(str(tmp_path), "never") is None
+
+
+def test_missing_file_or_bad_checksum_is_skipped(tmp_path, caplog):
+    _fake_checkpoint(tmp_path, 2)
+    f4 = _fake_checkpoint(tmp_path, 4)
+    f6 = _fake_checkpoint(tmp_path, 6)
+    os.remove(os.path.join(f6, "state.json"))
+    with open(os.path.join(f4, "engine", "weights.bin"), "r+b") as f:
+        f.write(b"\0\0\0\0")  # same size, different bytes
+    with caplog.at_level("WARNING"):
+        assert ckpt.find_resume_point(str(tmp_path), "auto")[0] == 2
+    assert "missing file state.json" in caplog.text
+    assert "does not match its checksum" in caplog.text
+
+
+def test_manifest_records_files_and_metadata(tmp_path):
+    folder = _fake_checkpoint(tmp_path, 3)
+    manifest = ckpt.verify(folder)
+    assert manifest["step"] == 3 and manifest["world_size"] == 1
+    assert set(manifest["files"]) == {"engine/weights.bin", "state.json"}
+    assert manifest["files"]["engine/weights.bin"]["size"] == 64
+
+
+def test_resume_to_unknown_step_names_the_choices(tmp_path):
+    _fake_checkpoint(tmp_path, 2)
+    with pytest.raises(FileNotFoundError, match=r"complete steps: \[2\]"):
+        ckpt.find_resume_point(str(tmp_path), "5")
+
+
+def test_retention_keeps_the_newest(tmp_path):
+    for step in (1, 2, 3, 4):
+        _fake_checkpoint(tmp_path, step)
+    ckpt.apply_retention(str(tmp_path), keep_last=2)
+    assert [s for s, _ in ckpt.complete_checkpoints(str(tmp_path))] == [3, 4]

@@ -1,0 +1,52 @@
+"""Bad configuration fails at composition time with a message naming the key."""
+import subprocess
+
+import pytest
+
+from siirl_core.compose import compose_config
+from siirl_core.config import ConfigError
+from tests.conftest import ROOT, siirl_cli
+
+
+def test_defaults_compose_to_grpo_vllm_zero2():
+    cfg = compose_config([])
+    assert (cfg.algorithm.adv_estimator, cfg.rollout.backend, cfg.trainer.zero_stage) == ("grpo", "vllm", 2)
+    assert cfg.cluster.n_workers == 1 and cfg.cluster.threads_per_worker == 1
+
+
+def test_group_and_value_overrides_apply():
+    cfg = compose_config(["rollout=hf", "trainer.lr=1e-4", "algorithm=dr_grpo"])
+    assert cfg.rollout.backend == "hf"
+    assert cfg.trainer.lr == pytest.approx(1e-4)
+    assert cfg.algorithm.adv_estimator == "dr_grpo"
+    assert cfg.algorithm.loss_agg_mode == "seq-mean-token-sum"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.lrr=1", "trainer.lrr"),  # unknown key: named, with the known keys
+    ("+trainer.foo=1", "known keys under trainer"),
+    ("trainer.lr=abc", "trainer.lr"),  # wrong type
+    ("rollout.backend=sglang", "expected one of ['hf', 'vllm']"),
+    ("rollout=sglang", "Available options in 'rollout'"),
+    ("algorithm.adv_estimator=nope", "algorithm.adv_estimator"),
+    ("algorithm.loss_agg_mode=mean", "token-mean"),
+    ("trainer.zero_stage=4", "trainer.zero_stage"),
+    ("model.path=/does/not/exist", "model.path='/does/not/exist' is not an HF model directory"),
+    ("rollout.n=1", "rollout.n must be >= 2"),
+    ("rollout.top_p=1.5", "rollout.top_p"),
+    ("trainer.resume=latest", "trainer.resume"),
+])
+def test_bad_overrides_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        compose_config([override])
+    assert expected in str(err.value)
+
+
+def test_cli_reports_config_error_before_loading_anything():
+    proc = subprocess.run(siirl_cli() + ["train", "trainer.stepz=3"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "configuration error" in proc.stderr and "trainer.stepz" in proc.stderr
+    # Nothing started: no Prefect server, no Dask cluster, no model.
+    assert "Dask dashboard" not in proc.stderr + proc.stdout
+    assert "Starting temporary server" not in proc.stderr + proc.stdout

@@ -1,0 +1,51 @@
+"""Cross-rank reduction equals the statistic computed from all samples in one place."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from siirl_core.metrics import MetricBag, MetricSinks, read_metrics
+
+# Two ranks with different numbers of samples: a plain mean of rank means would be wrong.
+SAMPLES = {0: [1.0, 0.0, 0.0], 1: [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]}
+
+
+def _rank(rank: int, port: int, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    xs = SAMPLES[rank]
+    bag = MetricBag()
+    bag.add("reward/mean", sum(xs) / len(xs), weight=len(xs))
+    bag.add("perf/tokens", len(xs) * 10, reduce="sum")
+    bag.add("response/length_max", max(xs) + rank, reduce="max")
+    bag.add("x/min", min(xs) - rank, reduce="min")
+    out[rank] = bag.reduce()
+    dist.destroy_process_group()
+
+
+def test_two_rank_reduction_matches_all_samples():
+    from tests.conftest import _free_port
+
+    out = mp.Manager().dict()
+    mp.spawn(_rank, args=(_free_port(), out), nprocs=2, join=True)
+    all_x = SAMPLES[0] + SAMPLES[1]
+    for rank in (0, 1):
+        m = out[rank]
+        assert m["reward/mean"] == pytest.approx(sum(all_x) / len(all_x))  # 6/9, not (1/3+5/6)/2
+        assert m["perf/tokens"] == 90
+        assert m["response/length_max"] == 2.0
+        assert m["x/min"] == -1.0
+
+
+def test_sinks_write_jsonl_and_truncate_on_resume(tmp_path):
+    sinks = MetricSinks(str(tmp_path), tensorboard=True)
+    for step in (1, 2, 3):
+        sinks.write(step, {"reward/mean": step / 10})
+    sinks.truncate_after(2)
+    sinks.write(3, {"reward/mean": 0.33})
+    sinks.close()
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3]
+    assert read_metrics(str(tmp_path))[-1]["reward/mean"] == 0.33
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))

@@ -1,0 +1,39 @@
+from siirl_core.data import ArithmeticTask, shard
+from siirl_core.rewards import score_responses
+
+
+def test_train_batches_are_a_function_of_seed_and_step():
+    task = ArithmeticTask()
+    assert task.train_batch(0, 5, 32) == task.train_batch(0, 5, 32)
+    assert task.train_batch(0, 5, 32) != task.train_batch(0, 6, 32)
+    assert task.train_batch(0, 5, 32) != task.train_batch(1, 5, 32)
+
+
+def test_heldout_set_is_disjoint_from_training_prompts():
+    task = ArithmeticTask(eval_size=300)
+    heldout = {p.prompt for p in task.eval_set()}
+    assert len(heldout) == 300
+    seen = {p.prompt for step in range(200) for p in task.train_batch(0, step, 64)}
+    seen |= {p.prompt for step in range(50) for p in task.demonstrations(0, step, 64)}
+    assert not heldout & seen
+
+
+def test_answers_are_correct_for_each_operator():
+    task = ArithmeticTask(min_digits=1, max_digits=3, operators=("+", "-", "*"))
+    for p in task.train_batch(3, 0, 200):
+        assert str(eval(p.prompt[:-1])) == p.answer  # noqa: S307 - digits and one operator
+
+
+def test_shards_cover_the_batch_exactly_once():
+    batch = list(range(12))
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sum(parts, []) == batch
+
+
+def test_exact_match_needs_the_answer_and_eos():
+    task = ArithmeticTask()
+    rewards, acc = score_responses(task, ["47", "47", "48", "4x"], ["47"] * 4, [True, False, True, True],
+                                   format_weight=0.1)
+    assert acc == [1.0, 0.0, 0.0, 0.0]
+    # The format bonus goes to a well-formed wrong answer only.
+    assert rewards == [1.0, 0.0, 0.1, 0.0]
