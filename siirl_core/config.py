@@ -67,9 +67,9 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainerConfig:
-    steps: int = 40
+    steps: int = 100
     prompts_per_step: int = 32
-    lr: float = 5e-5
+    lr: float = 1e-4
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
@@ -79,8 +79,8 @@ class TrainerConfig:
     micro_batch_size: int = 64
     zero_stage: int = 2
     seed: int = 0
-    save_every: int = 10
-    eval_every: int = 0
+    save_every: int = 25
+    eval_every: int = 25
     # auto: continue from the newest complete checkpoint; never: start fresh.
     resume: str = "auto"
     # Prefect retries of a failed iteration (each restores the newest checkpoint first).
@@ -93,7 +93,8 @@ class TrainerConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 300
+    # 450 steps leave the tiny model at roughly 30% greedy accuracy: room for RL to show.
+    steps: int = 450
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0

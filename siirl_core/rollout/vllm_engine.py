@@ -16,6 +16,9 @@ class VLLMRollout:
         # access to the model runner for weight sync.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        # vLLM logs every in-place weight reload (and a harmless rotary-embedding
+        # warning with it); errors still show. Override with VLLM_LOGGING_LEVEL.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         from vllm import LLM
 
         kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
