@@ -21,6 +21,7 @@ from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
 from siirl_core.rollout.base import SamplingConfig
+from siirl_core.rng import load_rng_state, save_rng_state
 from siirl_core.version import code_version
 
 log = logging.getLogger("siirl.worker")
@@ -129,9 +130,11 @@ class RankWorker:
             shutil.rmtree(folder)  # a leftover incomplete save of this step
         barrier()
         self.actor.engine.save_checkpoint(os.path.join(folder, "engine"), tag="state")
+        save_rng_state(os.path.join(folder, f"rng_rank{self.rank}.safetensors"))
         if self.rank == 0:
             self.export(os.path.join(folder, "policy"))
             with open(os.path.join(folder, "state.json"), "w") as f:
+                # Prompts are a function of (seed, step): the next step is the data position.
                 json.dump({"step": self.step, "next_data_step": self.step + 1}, f)
         barrier()
         if self.rank == 0:
@@ -148,6 +151,7 @@ class RankWorker:
                              f"this run has {self.world_size} (resharding is not supported yet)")
         self.actor.engine.load_checkpoint(os.path.join(folder, "engine"), tag="state",
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
+        load_rng_state(os.path.join(folder, f"rng_rank{self.rank}.safetensors"))
         self.rollout.sync_weights(self.actor.named_weights())
         self.step = step
         return step

@@ -55,3 +55,18 @@ def _exported_policy_loads_in_vllm(policy_dir: str, expected_accuracy: float):
     assert proc.returncode == 0, proc.stderr[-3000:]
     acc = float(proc.stdout.split("ACCURACY")[-1])
     assert acc == pytest.approx(expected_accuracy, abs=0.01)
+
+
+HF_STEPS = 40
+HF_MARGIN = 0.08
+
+
+def test_hf_backend_learns(tmp_path, cache_dir):
+    """The transformers rollout backend, same flow, a shorter run and a smaller margin."""
+    run_dir = str(tmp_path / "run")
+    run_siirl(["train", "rollout=hf", f"trainer.steps={HF_STEPS}", "trainer.eval_every=0",
+               f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}"])
+    s = summary(run_dir)
+    gain = s["val_accuracy_after"] - s["val_accuracy_before"]
+    assert gain >= HF_MARGIN, f"accuracy {s['val_accuracy_before']:.3f} -> {s['val_accuracy_after']:.3f}"
+    assert sorted(metrics_by_step(run_dir)) == list(range(1, HF_STEPS + 1))
