@@ -3,6 +3,8 @@ tokens/s and seconds per iteration, measured on one in-process RankWorker (the
 same object the flow runs on its Dask worker), after warm-up iterations.
 
     .venv/bin/python bench/spine_throughput.py [--iterations 30] [--warmup 5] [overrides ...]
+
+One thread, as a default Dask worker has (OMP_NUM_THREADS=2 to use both cores).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# The flow's default rank is one Dask worker with one thread; measure the same.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from siirl_core.compose import compose_config  # noqa: E402
 from siirl_core.config import to_dict  # noqa: E402
@@ -51,7 +55,8 @@ def main() -> None:
         "config": {"model": cfg.model.size, "rollout": cfg.rollout.backend, "zero_stage": cfg.trainer.zero_stage,
                    "prompts_per_step": cfg.trainer.prompts_per_step, "n": cfg.rollout.n,
                    "max_new_tokens": cfg.rollout.max_new_tokens, "overrides": args.overrides},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "threads": int(os.environ["OMP_NUM_THREADS"])},
         "setup_s": setup_s, "iterations": args.iterations,
         "median": {k: statistics.median(r[k] for r in rows) for k in KEYS},
         "min": {k: min(r[k] for r in rows) for k in KEYS},

@@ -58,7 +58,7 @@ def _exported_policy_loads_in_vllm(policy_dir: str, expected_accuracy: float):
 
 
 HF_STEPS = 40
-HF_MARGIN = 0.08
+HF_MARGIN = 0.10
 
 
 def test_hf_backend_learns(tmp_path, cache_dir):
