@@ -22,11 +22,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # The flow's default rank is one Dask worker with one thread; measure the same.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from common import warm_policy  # noqa: E402
 from siirl_core.compose import compose_config  # noqa: E402
 from siirl_core.config import to_dict  # noqa: E402
-from siirl_core.data import build_task  # noqa: E402
-from siirl_core.models import create_tiny_model  # noqa: E402
-from siirl_core.sft import train_sft  # noqa: E402
 from siirl_core.worker import RankWorker  # noqa: E402
 
 KEYS = ("timing_s/iteration", "timing_s/rollout", "timing_s/update", "timing_s/old_logprobs", "timing_s/sync",
@@ -41,11 +39,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = compose_config(args.overrides)
-    task = build_task(cfg.task)
     with tempfile.TemporaryDirectory() as tmp:
-        base = create_tiny_model(os.path.join(tmp, "base"), task.alphabet, cfg.model.size, cfg.model.architecture)
-        policy = train_sft(base, os.path.join(tmp, "sft"), task, cfg.sft.steps, cfg.sft.batch_size, cfg.sft.lr,
-                           cfg.sft.seed)
+        policy = warm_policy(cfg, tmp)
         worker = RankWorker(to_dict(cfg), policy, 0, 1, "127.0.0.1", 29533)
         t0 = time.perf_counter()
         worker.setup()

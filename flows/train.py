@@ -16,7 +16,8 @@ from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.metrics import MetricSinks
 from tasks.model import make_base_model
-from tasks.training import evaluate, export_policy, iteration_task, restore_checkpoint, save_checkpoint
+from tasks.training import (evaluate, export_policy, iteration_task, record_ranks, restore_checkpoint,
+                            save_checkpoint)
 
 
 def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str:
@@ -52,6 +53,19 @@ def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: Metric
     return metrics
 
 
+def _record_driver_traffic(group, client, run_dir: str) -> None:
+    """What crossed the driver: per call, the largest pickled arguments and result,
+    and how many keys the Dask cluster holds (the actors only, no data)."""
+    calls: dict = {}
+    for method, arg_bytes, result_bytes in group.traffic:
+        c = calls.setdefault(method, {"count": 0, "max_arg_bytes": 0, "max_result_bytes": 0})
+        c["count"] += 1
+        c["max_arg_bytes"] = max(c["max_arg_bytes"], arg_bytes)
+        c["max_result_bytes"] = max(c["max_result_bytes"], result_bytes)
+    with open(os.path.join(run_dir, "driver_traffic.json"), "w") as f:
+        json.dump({"calls": calls, "keys_in_cluster_memory": len(client.who_has())}, f, indent=1)
+
+
 @flow(name="siirl-train", log_prints=True)
 def train_flow(overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
@@ -66,6 +80,10 @@ def train_flow(overrides: list[str] | None = None) -> dict:
                      cfg.cluster.address) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
         group = start_rank_group(client, to_dict(cfg), policy, cfg.cluster.n_workers)
+        record_ranks(group, run_dir)
+        for i in group.info:
+            logger.info("rank %d: pid %d on %s, %d of %d parameters held locally", i["rank"], i["pid"], i["host"],
+                        i["local_parameters"], i["parameters"])
         start = restore_checkpoint(group, run_dir, cfg.trainer.resume)
         sinks = MetricSinks(run_dir)
         sinks.truncate_after(start)
@@ -74,6 +92,7 @@ def train_flow(overrides: list[str] | None = None) -> dict:
         after = evaluate(group, "final")
         final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
         sinks.close()
+        _record_driver_traffic(group, client, run_dir)
     summary = {
         "run_dir": run_dir, "steps": cfg.trainer.steps, "resumed_from_step": start,
         "val_accuracy_before": before["val/accuracy"], "val_accuracy_after": after["val/accuracy"],

@@ -1,12 +1,24 @@
 """Rank workers on Dask: one long-lived RankWorker actor per Dask worker, with a
 torch.distributed rendezvous at rank 0's host and a free port found there.
-Only configs, step numbers and metric dicts cross this boundary."""
+
+Only configs, step numbers and small dicts cross this boundary; `traffic` records
+the pickled size of every call's arguments and results so that stays checkable."""
 from __future__ import annotations
 
+import logging
+import pickle
 import socket
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 from distributed import Client
+
+log = logging.getLogger("siirl.rank_group")
+
+
+class RankFailure(RuntimeError):
+    """A rank raised or its worker process died; the message says which."""
 
 
 def _free_port() -> int:
@@ -20,35 +32,93 @@ def _host_of(address: str) -> str:
     return address.split("://")[-1].rsplit(":", 1)[0]
 
 
+def local_ranks(workers: list[str]) -> list[tuple[int, int]]:
+    """(local rank, ranks on that host) for each worker address, in order."""
+    hosts = [_host_of(w) for w in workers]
+    per_host = Counter(hosts)
+    seen: Counter = Counter()
+    out = []
+    for h in hosts:
+        out.append((seen[h], per_host[h]))
+        seen[h] += 1
+    return out
+
+
 @dataclass
 class RankGroup:
-    """Handles to the RankWorker actors, rank order. Calls fan out to all ranks and
-    wait for all: collective operations need every rank."""
+    """Handles to the RankWorker actors, in rank order. Calls fan out to all ranks
+    and wait for all (collectives need every rank), failing fast when one fails."""
 
     client: Client
-    actors: list
-    workers: list[str]
+    cfg: dict
+    model_path: str
+    world_size: int
+    actors: list = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
+    info: list[dict] = field(default_factory=list)
+    traffic: list[tuple[str, int, int]] = field(default_factory=list)
+    poll_s: float = 0.02
+
+    def start(self) -> "RankGroup":
+        self.client.wait_for_workers(self.world_size, timeout=300)
+        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])[:self.world_size]
+        host = _host_of(workers[0])
+        port = self.client.run(_free_port, workers=[workers[0]])[workers[0]]
+        from siirl_core.worker import RankWorker
+
+        futures = [self.client.submit(RankWorker, self.cfg, self.model_path, rank, self.world_size, host, port,
+                                      local, n_local, actor=True, workers=[addr], pure=False)
+                   for rank, (addr, (local, n_local)) in enumerate(zip(workers, local_ranks(workers)))]
+        self.actors = [f.result() for f in futures]
+        self.workers = workers
+        self.info = self.call("setup")
+        return self
+
+    def _alive(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def _describe(self, rank: int) -> str:
+        pid = self.info[rank]["pid"] if rank < len(self.info) else "?"
+        return f"rank {rank} (Dask worker {self.workers[rank]}, pid {pid})"
 
     def call(self, method: str, *args, **kwargs) -> list:
+        arg_bytes = len(pickle.dumps((args, kwargs)))
         futures = [getattr(a, method)(*args, **kwargs) for a in self.actors]
-        return [f.result() for f in futures]
+        results: list = [None] * len(futures)
+        pending = set(range(len(futures)))
+        last_check = time.monotonic()
+        while pending:
+            for rank in sorted(pending):
+                if futures[rank].done():
+                    try:
+                        results[rank] = futures[rank].result()
+                    except Exception as err:
+                        raise RankFailure(f"{self._describe(rank)} failed in {method}: "
+                                          f"{type(err).__name__}: {err}") from err
+                    pending.discard(rank)
+            if pending and time.monotonic() - last_check > 1.0:
+                # A killed process never answers: notice it from the scheduler.
+                alive = self._alive()
+                dead = [r for r in sorted(pending) if self.workers[r] not in alive]
+                if dead:
+                    raise RankFailure(f"{self._describe(dead[0])} died during {method}")
+                last_check = time.monotonic()
+            if pending:
+                time.sleep(self.poll_s)
+        self.traffic.append((method, arg_bytes, max(len(pickle.dumps(r)) for r in results)))
+        return results
 
     def call_rank0(self, method: str, *args, **kwargs):
         return self.call(method, *args, **kwargs)[0]
 
+    def rebuild(self) -> "RankGroup":
+        """Restart every Dask worker process (replacing lost ones, and freeing ranks
+        stuck in a collective with a dead peer), then start a fresh rank group."""
+        log.warning("rebuilding the rank group: restarting %d Dask workers", len(self.workers))
+        self.actors = []
+        self.client.restart(wait_for_workers=False)
+        return self.start()
+
 
 def start_rank_group(client: Client, cfg: dict, model_path: str, world_size: int) -> RankGroup:
-    from siirl_core.worker import RankWorker
-
-    workers = sorted(client.scheduler_info()["workers"])[:world_size]
-    if len(workers) < world_size:
-        raise RuntimeError(f"need {world_size} Dask workers, the cluster has {len(workers)}")
-    host = _host_of(workers[0])
-    port = client.run(_free_port, workers=[workers[0]])[workers[0]]
-    futures = [client.submit(RankWorker, cfg, model_path, rank, world_size, host, port,
-                             actor=True, workers=[addr], pure=False)
-               for rank, addr in enumerate(workers)]
-    actors = [f.result() for f in futures]
-    group = RankGroup(client, actors, workers)
-    group.call("setup")
-    return group
+    return RankGroup(client, cfg, model_path, world_size).start()

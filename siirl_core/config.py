@@ -103,9 +103,12 @@ class SFTConfig:
 @dataclass
 class ClusterConfig:
     kind: str = "local"
+    # Ranks: one Dask worker process each (local), or the workers to use at an address.
     n_workers: int = 1
     threads_per_worker: int = 1
     address: str = ""
+    # torch.distributed collectives fail after this long, so a dead peer is an error, not a hang.
+    collective_timeout_s: float = 120.0
 
 
 @dataclass
@@ -192,6 +195,9 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(
             f"trainer.mini_batches={cfg.trainer.mini_batches} must divide the samples per rank "
             f"({per_rank} = prompts_per_step / n_workers * rollout.n)")
+    if cfg.trainer.zero_stage == 3 and cfg.rollout.backend == "hf" and cfg.cluster.n_workers > 1:
+        raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
+                          "sharded parameters make every generation step a collective; use rollout=vllm")
     if cfg.trainer.resume not in ("auto", "never") and not cfg.trainer.resume.isdigit():
         raise ConfigError(f"trainer.resume={cfg.trainer.resume!r} is not allowed; expected auto, never or a step number")
     return cfg

@@ -9,12 +9,14 @@ import torch.distributed as dist
 
 
 def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int,
-                       timeout_s: float = 300.0) -> str:
+                       local_rank: int = 0, local_world_size: int = 1, timeout_s: float = 300.0) -> str:
     if dist.is_initialized():
         return dist.get_backend()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # DeepSpeed reads the local rank and size (LOCAL_SIZE on CPU) from the environment.
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
+                      LOCAL_WORLD_SIZE=str(local_world_size), LOCAL_SIZE=str(local_world_size))
     # A timeout turns a dead peer into an error instead of a hang.
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
@@ -24,3 +26,11 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def cpu_cores_for(local_rank: int, threads: int, n_cpus: int | None = None) -> str:
+    """Cores for one rank's OpenMP threads: local rank r gets [r*threads, (r+1)*threads),
+    so ranks on one machine do not share cores. 'nobind' when they would not fit."""
+    n_cpus = n_cpus or os.cpu_count() or 1
+    first, last = local_rank * threads, (local_rank + 1) * threads - 1
+    return f"{first}-{last}" if last < n_cpus else "nobind"

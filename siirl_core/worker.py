@@ -9,6 +9,7 @@ import math
 import os
 import random
 import shutil
+import socket
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig, from_dict, to_dict
 from siirl_core.data import build_task, shard
-from siirl_core.distributed import barrier, init_process_group
+from siirl_core.distributed import barrier, cpu_cores_for, init_process_group
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
@@ -29,10 +30,12 @@ log = logging.getLogger("siirl.worker")
 
 class RankWorker:
     def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int,
-                 master_addr: str = "127.0.0.1", master_port: int = 29500):
+                 master_addr: str = "127.0.0.1", master_port: int = 29500,
+                 local_rank: int = 0, local_world_size: int = 1):
         self.cfg: SiirlConfig = from_dict(cfg)
         self.model_path = model_path
         self.rank, self.world_size = rank, world_size
+        self.local_rank, self.local_world_size = local_rank, local_world_size
         self.master = (master_addr, master_port)
         self.step = 0  # last completed step
         self.ready = False
@@ -41,7 +44,8 @@ class RankWorker:
     # --- set-up -------------------------------------------------------------
     def setup(self) -> dict:
         cfg = self.cfg
-        init_process_group(self.rank, self.world_size, *self.master)
+        init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
+                           local_world_size=self.local_world_size, timeout_s=cfg.cluster.collective_timeout_s)
         self._seed_everything(cfg.trainer.seed)
         self.task = build_task(cfg.task)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -52,7 +56,8 @@ class RankWorker:
             self.ref_module = load_causal_lm(self.model_path).eval().requires_grad_(False)
         self.rollout = self._build_rollout()
         self.ready = True
-        return {"rank": self.rank, "parameters": sum(p.numel() for p in module.parameters())}
+        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
+                "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -75,8 +80,10 @@ class RankWorker:
         r = self.cfg.rollout
         if r.backend == "vllm":
             from siirl_core.rollout.vllm_engine import VLLMRollout
+            cores = None if torch.cuda.is_available() else cpu_cores_for(
+                self.local_rank, self.cfg.cluster.threads_per_worker)
             return VLLMRollout(self.model_path, eos_id=self.tokenizer.eos_token_id, seed=self.cfg.trainer.seed,
-                               kv_cache_gib=r.kv_cache_gib)
+                               kv_cache_gib=r.kv_cache_gib, cpu_cores=cores)
         from siirl_core.rollout.hf_engine import HFRollout
         return HFRollout(self.actor.module, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id)
 
@@ -131,8 +138,8 @@ class RankWorker:
         barrier()
         self.actor.engine.save_checkpoint(os.path.join(folder, "engine"), tag="state")
         save_rng_state(os.path.join(folder, f"rng_rank{self.rank}.safetensors"))
+        self.export(os.path.join(folder, "policy"))
         if self.rank == 0:
-            self.export(os.path.join(folder, "policy"))
             with open(os.path.join(folder, "state.json"), "w") as f:
                 # Prompts are a function of (seed, step): the next step is the data position.
                 json.dump({"step": self.step, "next_data_step": self.step + 1}, f)
@@ -157,8 +164,11 @@ class RankWorker:
         return step
 
     def export(self, out_dir: str) -> str:
-        """The policy as an HF-format directory (loads in transformers and vLLM)."""
+        """The policy as an HF-format directory (loads in transformers and vLLM). Every
+        rank must call it (ZeRO-3 gathers parameters collectively); rank 0 writes."""
         state = dict(self.actor.named_weights())
+        if self.rank != 0:
+            return out_dir
         os.makedirs(out_dir, exist_ok=True)
         self.actor.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)

@@ -9,6 +9,15 @@ from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig
 
 
+def record_ranks(group, run_dir: str) -> None:
+    """ranks.json: which process is which rank, for operators (and the kill test)."""
+    import json
+    import os
+
+    with open(os.path.join(run_dir, "ranks.json"), "w") as f:
+        json.dump(group.info, f, indent=1)
+
+
 def restore_newest(group, run_dir: str, resume: str = "auto") -> int:
     """Restore every rank from the newest complete checkpoint; returns its step (0 if none)."""
     point = ckpt.find_resume_point(run_dir, resume)
@@ -24,10 +33,14 @@ def run_iteration(group, step: int, run_dir: str) -> dict:
     from prefect.runtime import task_run
 
     if task_run.run_count > 1:
+        logger = get_run_logger()
+        group.rebuild()
+        record_ranks(group, run_dir)
+        logger.warning("retry %d of iteration %d: rebuilt the rank group (%s)", task_run.run_count - 1, step,
+                       ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
         restored = restore_newest(group, run_dir)
-        get_run_logger().warning("retry %d of iteration %d: restored every rank from checkpoint step %d, "
-                                 "replaying steps %d..%d", task_run.run_count - 1, step, restored,
-                                 restored + 1, step)
+        logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
+                       restored, restored + 1, step)
     return group.call_rank0("run_until", step)
 
 

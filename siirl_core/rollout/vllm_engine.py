@@ -11,11 +11,15 @@ from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
 
 class VLLMRollout:
     def __init__(self, model_path: str, eos_id: int, seed: int = 0, dtype: str = "float32",
-                 max_model_len: int = 128, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3):
+                 max_model_len: int = 128, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
+                 cpu_cores: str | None = None):
         # In-process engine: no extra processes inside a Dask worker, and direct
         # access to the model runner for weight sync.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        if cpu_cores:
+            # vLLM's CPU backend pins its OpenMP threads; ranks on one machine get disjoint cores.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
         # vLLM logs every in-place weight reload (and a harmless rotary-embedding
         # warning with it); errors still show. Override with VLLM_LOGGING_LEVEL.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

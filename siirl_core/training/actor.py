@@ -69,6 +69,14 @@ class DeepSpeedActor:
             state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         yield from state.items()
 
+    def total_parameters(self) -> int:
+        # ZeRO-3 replaces each parameter by an empty placeholder; ds_numel is its full size.
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.module.parameters())
+
+    def local_parameters(self) -> int:
+        """Parameter elements this rank holds: its shard under ZeRO-3, everything otherwise."""
+        return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.module.parameters())
+
     def micro_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
         self.engine.step()  # DeepSpeed only steps the optimizer at the accumulation boundary

@@ -1,0 +1,64 @@
+"""Samples per second with 1 and 2 ranks (Dask worker processes, one thread each)
+on the same global batch, and the scaling efficiency.
+
+    .venv/bin/python bench/scaling.py [--iterations 30] [--warmup 5] [--out FILE] [overrides ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import warm_policy  # noqa: E402
+from infra.cluster import dask_client  # noqa: E402
+from infra.rank_group import start_rank_group  # noqa: E402
+from siirl_core.compose import compose_config  # noqa: E402
+from siirl_core.config import to_dict  # noqa: E402
+
+
+def measure(n_ranks: int, policy: str, overrides: list[str], iterations: int, warmup: int) -> dict:
+    cfg = compose_config([f"cluster.n_workers={n_ranks}", *overrides])
+    samples = cfg.trainer.prompts_per_step * cfg.rollout.n
+    with dask_client("local", n_ranks, 1) as client:
+        group = start_rank_group(client, to_dict(cfg), policy, n_ranks)
+        walls, worker_s = [], []
+        for step in range(1, warmup + iterations + 1):
+            t0 = time.perf_counter()
+            m = group.call_rank0("run_until", step)
+            if step > warmup:
+                walls.append(time.perf_counter() - t0)
+                worker_s.append(m["timing_s/iteration"])
+    wall = statistics.median(walls)
+    return {"ranks": n_ranks, "samples_per_iteration": samples, "median_s_per_iteration": wall,
+            "min_s": min(walls), "max_s": max(walls), "median_worker_s": statistics.median(worker_s),
+            "samples_per_s": samples / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--out", default="")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = warm_policy(compose_config(args.overrides), tmp)
+        rows = [measure(n, policy, args.overrides, args.iterations, args.warmup) for n in (1, 2)]
+    efficiency = rows[1]["samples_per_s"] / (2 * rows[0]["samples_per_s"])
+    for r in rows:
+        print(f"{r['ranks']} rank(s): {r['median_s_per_iteration']:.3f} s/iteration "
+              f"(min {r['min_s']:.3f}, max {r['max_s']:.3f}), {r['samples_per_s']:.0f} samples/s")
+    print(f"scaling efficiency 1 -> 2 ranks: {efficiency:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "efficiency": efficiency, "cpus": os.cpu_count(),
+                       "overrides": args.overrides}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
