@@ -93,8 +93,7 @@ class RankGroup:
                     try:
                         results[rank] = futures[rank].result()
                     except Exception as err:
-                        raise RankFailure(f"{self._describe(rank)} failed in {method}: "
-                                          f"{type(err).__name__}: {err}") from err
+                        raise self._failure(rank, method, err) from err
                     pending.discard(rank)
             if pending and time.monotonic() - last_check > 1.0:
                 # A killed process never answers: notice it from the scheduler.
@@ -107,6 +106,25 @@ class RankGroup:
                 time.sleep(self.poll_s)
         self.traffic.append((method, arg_bytes, max(len(pickle.dumps(r)) for r in results)))
         return results
+
+    def _dead_ranks(self, grace_s: float = 3.0) -> list[int]:
+        """Ranks whose worker left the scheduler, waiting briefly for it to notice."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            alive = self._alive()
+            dead = [r for r, w in enumerate(self.workers) if w not in alive]
+            if dead or time.monotonic() > deadline:
+                return dead
+            time.sleep(0.2)
+
+    def _failure(self, rank: int, method: str, err: Exception) -> RankFailure:
+        """Name the root cause: a peer's death makes the survivors' collectives fail too."""
+        first = str(err).splitlines()[0][:300] if str(err) else ""
+        dead = self._dead_ranks()
+        if dead:
+            return RankFailure(f"{self._describe(dead[0])} died during {method}; then "
+                               f"{self._describe(rank)} failed: {type(err).__name__}: {first}")
+        return RankFailure(f"{self._describe(rank)} failed in {method}: {type(err).__name__}: {first}")
 
     def call_rank0(self, method: str, *args, **kwargs):
         return self.call(method, *args, **kwargs)[0]

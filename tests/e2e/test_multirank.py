@@ -83,17 +83,19 @@ def _wait_for_step(run_dir: str, step: int, proc: subprocess.Popen, timeout: flo
 def test_killed_worker_recovers_with_consistent_log(tmp_path, cache_dir, two_rank_run):
     run_dir = str(tmp_path / "run")
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.Popen(siirl_cli() + ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}",
-                                           *TWO_RANKS], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for_step(run_dir, 31, proc)  # past the checkpoint at step 25
-        victim = json.load(open(os.path.join(run_dir, "ranks.json")))[1]["pid"]
-        os.kill(victim, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    log_path = tmp_path / "siirl.log"  # a file, not a pipe: nobody reads a pipe while we wait
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(siirl_cli() + ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}",
+                                               *TWO_RANKS], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_step(run_dir, 31, proc)  # past the checkpoint at step 25
+            victim = json.load(open(os.path.join(run_dir, "ranks.json")))[1]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    out = log_path.read_text()
     assert proc.returncode == 0, out[-5000:]
     # The failure names the rank and its process, whether the scheduler noticed the death
     # first ("died during run_until") or the call to it failed ("failed in run_until").
