@@ -43,13 +43,13 @@ def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: Metric
     metrics: dict = {}
     with progress_bar(cfg.trainer.steps, start) as bar:
         for step in range(start + 1, cfg.trainer.steps + 1):
-            metrics = run_iteration(group, step, run_dir)
+            metrics = run_iteration(group, step, cfg)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
                 metrics.update(evaluate(group, f"step-{step}"))
             sinks.write(step, metrics)
             bar.update(bar.task_ids[0], advance=1, description=describe(metrics))
             if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0 or step == cfg.trainer.steps):
-                save_checkpoint(group, run_dir, step, metrics, cfg.trainer.keep_checkpoints)
+                save_checkpoint(group, cfg, step, metrics)
     return metrics
 
 
@@ -84,7 +84,7 @@ def train_flow(overrides: list[str] | None = None) -> dict:
         for i in group.info:
             logger.info("rank %d: pid %d on %s, %d of %d parameters held locally", i["rank"], i["pid"], i["host"],
                         i["local_parameters"], i["parameters"])
-        start = restore_checkpoint(group, run_dir, cfg.trainer.resume)
+        start = restore_checkpoint(group, cfg)
         sinks = MetricSinks(run_dir)
         sinks.truncate_after(start)
         before = _initial_eval(group, run_dir)
@@ -96,7 +96,7 @@ def train_flow(overrides: list[str] | None = None) -> dict:
     summary = {
         "run_dir": run_dir, "steps": cfg.trainer.steps, "resumed_from_step": start,
         "val_accuracy_before": before["val/accuracy"], "val_accuracy_after": after["val/accuracy"],
-        "checkpoints": os.path.join(run_dir, "checkpoints"), "final_policy": final_dir,
+        "checkpoints": cfg.checkpoint_root.rstrip("/") + "/checkpoints", "final_policy": final_dir,
         "metrics_jsonl": sinks.jsonl_path, "tensorboard": os.path.join(run_dir, "tensorboard"),
         "last_train_accuracy": last.get("reward/accuracy", float("nan")),
     }

@@ -1,8 +1,11 @@
-"""Checkpoints: one folder per step, a manifest written last.
+"""Checkpoints: one folder per step under `<storage>/checkpoints/`, a manifest written last.
 
-A folder without a valid manifest, or whose files do not match it (size and
-sha256), is incomplete: it is skipped with a log line and never loaded. So a
-run killed mid-save leaves the earlier checkpoints as they were.
+Each rank stages its own files on local disk, uploads them, and reports their sizes
+and sha256; rank 0 then writes `manifest.json` (step, world size, every file, the
+resolved config, the code version, the metrics). A folder without a valid manifest,
+or whose files do not match it, is incomplete: it is skipped with a log line and
+never loaded. So a run killed mid-save, or a storage outage, leaves the earlier
+checkpoints as they were.
 """
 from __future__ import annotations
 
@@ -11,19 +14,24 @@ import json
 import logging
 import os
 import re
-import shutil
 from typing import Optional
+
+from siirl_core.storage import StorageError, filesystem, is_remote, join, retrying
 
 log = logging.getLogger("siirl.checkpoint")
 MANIFEST = "manifest.json"
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
+_STEP_DIR = re.compile(r"step_(\d{8})$")
 
 
-def step_dir(run_dir: str, step: int) -> str:
-    return os.path.join(run_dir, "checkpoints", f"step_{step:08d}")
+class ChecksumError(ValueError):
+    """A checkpoint file does not match its manifest."""
 
 
-def _sha256(path: str) -> str:
+def step_dir(root_uri: str, step: int) -> str:
+    return join(root_uri, "checkpoints", f"step_{step:08d}")
+
+
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -31,81 +39,138 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: str, step: int, world_size: int, config: dict, metrics: dict, code_version: str) -> str:
-    files = {}
+def local_files(folder: str) -> dict[str, dict]:
+    """rel path -> {size, sha256} for every file under a local folder."""
+    out = {}
     for root, _, names in os.walk(folder):
         for name in sorted(names):
             full = os.path.join(root, name)
-            rel = os.path.relpath(full, folder)
-            if rel == MANIFEST:
-                continue
-            files[rel] = {"size": os.path.getsize(full), "sha256": _sha256(full)}
+            out[os.path.relpath(full, folder)] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
+    return out
+
+
+def upload_folder(local_dir: str, folder_uri: str, endpoint_url: str = "", attempts: int = 3,
+                  on_uploaded=None) -> dict[str, dict]:
+    """Copy a local folder's files into folder_uri; returns their manifest entries.
+    on_uploaded(rel) is called after each file (progress reporting)."""
+    files = local_files(local_dir)
+    fs, root = filesystem(folder_uri, endpoint_url)
+    for rel in files:
+        target = join(root, rel) if is_remote(folder_uri) else os.path.join(root, rel)
+        if not is_remote(folder_uri):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        retrying(f"upload {rel} to {folder_uri}", lambda: fs.put_file(os.path.join(local_dir, rel), target), attempts)
+        if on_uploaded is not None:
+            on_uploaded(rel)
+    return files
+
+
+def write_manifest(folder_uri: str, step: int, world_size: int, files: dict, config: dict, metrics: dict,
+                   code_version: str, endpoint_url: str = "", attempts: int = 3) -> None:
     manifest = {"step": step, "world_size": world_size, "files": files, "config": config,
                 "metrics": metrics, "code_version": code_version}
-    tmp = os.path.join(folder, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(folder, MANIFEST))  # atomic on a local filesystem
-    return os.path.join(folder, MANIFEST)
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    fs, root = filesystem(folder_uri, endpoint_url)
+    if not is_remote(folder_uri):
+        tmp = os.path.join(root, MANIFEST + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(root, MANIFEST))  # atomic on a local filesystem
+        return
+    # One PUT: an S3 object appears whole or not at all.
+    retrying(f"write manifest of {folder_uri}", lambda: fs.pipe_file(join(root, MANIFEST), data), attempts)
 
 
-def verify(folder: str) -> Optional[dict]:
-    """The manifest if the checkpoint is complete, else None (with a log line saying why)."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.exists(path):
-        log.warning("skipping checkpoint %s: no manifest (incomplete save)", folder)
-        return None
+def read_manifest(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
+    fs, root = filesystem(folder_uri, endpoint_url)
+    path = join(root, MANIFEST) if is_remote(folder_uri) else os.path.join(root, MANIFEST)
     try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as err:
-        log.warning("skipping checkpoint %s: unreadable manifest (%s)", folder, err)
+        return json.loads(retrying(f"read {folder_uri}/{MANIFEST}", lambda: fs.cat_file(path)))
+    except FileNotFoundError:
+        log.warning("skipping checkpoint %s: no manifest (incomplete save)", folder_uri)
+    except (ValueError, StorageError) as err:
+        log.warning("skipping checkpoint %s: unreadable manifest (%s)", folder_uri, err)
+    return None
+
+
+def verify(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
+    """The manifest if the checkpoint is complete, else None (with a log line saying why).
+    Sizes are checked everywhere; sha256 here for local folders and on download for remote ones."""
+    manifest = read_manifest(folder_uri, endpoint_url)
+    if manifest is None:
         return None
+    fs, root = filesystem(folder_uri, endpoint_url)
+    remote = is_remote(folder_uri)
     for rel, meta in manifest["files"].items():
-        full = os.path.join(folder, rel)
-        if not os.path.exists(full):
-            log.warning("skipping checkpoint %s: missing file %s", folder, rel)
+        path = join(root, rel) if remote else os.path.join(root, rel)
+        try:
+            size = fs.info(path)["size"]
+        except FileNotFoundError:
+            log.warning("skipping checkpoint %s: missing file %s", folder_uri, rel)
             return None
-        if os.path.getsize(full) != meta["size"] or _sha256(full) != meta["sha256"]:
-            log.warning("skipping checkpoint %s: %s does not match its checksum", folder, rel)
+        if size != meta["size"] or (not remote and sha256_file(path) != meta["sha256"]):
+            log.warning("skipping checkpoint %s: %s does not match its checksum", folder_uri, rel)
             return None
     return manifest
 
 
-def complete_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(root):
+def download(folder_uri: str, manifest: dict, local_dir: str, wanted=lambda rel: True,
+             endpoint_url: str = "") -> None:
+    """Fetch the wanted files and check each against the manifest's sha256."""
+    fs, root = filesystem(folder_uri, endpoint_url)
+    for rel, meta in manifest["files"].items():
+        if not wanted(rel):
+            continue
+        src = join(root, rel) if is_remote(folder_uri) else os.path.join(root, rel)
+        dst = os.path.join(local_dir, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        retrying(f"download {rel} from {folder_uri}", lambda: fs.get_file(src, dst))
+        if sha256_file(dst) != meta["sha256"]:
+            raise ChecksumError(f"checkpoint {folder_uri}: {rel} does not match its checksum")
+
+
+def complete_checkpoints(root_uri: str, endpoint_url: str = "") -> list[tuple[int, str]]:
+    """(step, folder URI) of every complete checkpoint, oldest first."""
+    fs, root = filesystem(root_uri, endpoint_url)
+    base = join(root_uri, "checkpoints")
+    path = join(root, "checkpoints") if is_remote(root_uri) else os.path.join(root, "checkpoints")
+    try:
+        names = retrying(f"list {base}", lambda: fs.ls(path, detail=False))
+    except FileNotFoundError:
         return []
     found = []
-    for name in sorted(os.listdir(root)):
+    for name in sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names):
         m = _STEP_DIR.match(name)
-        if m and verify(os.path.join(root, name)) is not None:
-            found.append((int(m.group(1)), os.path.join(root, name)))
+        if m and verify(join(base, name), endpoint_url) is not None:
+            found.append((int(m.group(1)), join(base, name)))
     return found
 
 
-def find_resume_point(run_dir: str, resume: str) -> Optional[tuple[int, str]]:
-    """resume: 'never', 'auto' (newest complete) or a step number."""
+def find_resume_point(root_uri: str, resume: str, endpoint_url: str = "") -> Optional[tuple[int, str]]:
+    """resume: 'never', 'auto' (newest complete), a step number, or a checkpoint folder URI."""
     if resume == "never":
         return None
-    complete = complete_checkpoints(run_dir)
+    if not resume.isdigit() and resume != "auto":
+        manifest = verify(resume, endpoint_url)
+        if manifest is None:
+            raise FileNotFoundError(f"trainer.resume={resume}: not a complete checkpoint folder (see the log)")
+        return manifest["step"], resume
+    complete = complete_checkpoints(root_uri, endpoint_url)
     if resume == "auto":
         return complete[-1] if complete else None
-    wanted = int(resume)
     for step, folder in complete:
-        if step == wanted:
+        if step == int(resume):
             return step, folder
     raise FileNotFoundError(
-        f"trainer.resume={resume}: no complete checkpoint for step {wanted} in {run_dir}; "
+        f"trainer.resume={resume}: no complete checkpoint for step {resume} in {root_uri}; "
         f"complete steps: {[s for s, _ in complete]}")
 
 
-def apply_retention(run_dir: str, keep_last: int) -> None:
+def apply_retention(root_uri: str, keep_last: int, endpoint_url: str = "") -> None:
     if keep_last <= 0:
         return
-    complete = complete_checkpoints(run_dir)
-    for _, folder in complete[:-keep_last]:
-        shutil.rmtree(folder, ignore_errors=True)
+    for _, folder in complete_checkpoints(root_uri, endpoint_url)[:-keep_last]:
+        fs, path = filesystem(folder, endpoint_url)
+        retrying(f"delete {folder}", lambda: fs.rm(path, recursive=True))

@@ -113,8 +113,14 @@ class ClusterConfig:
 
 @dataclass
 class StorageConfig:
-    # Run folder; empty: runs/<run_name>.
+    # Where checkpoints go: a local folder or s3://bucket/prefix. Empty: runs/<run_name>.
     uri: str = ""
+    # S3-compatible server (MinIO, moto, ...); credentials come from the AWS env/config chain.
+    endpoint_url: str = ""
+    # Attempts per storage operation, with exponential backoff.
+    retries: int = 3
+    # When a checkpoint save fails: stop the run, or log it and continue training.
+    on_save_error: str = "stop"
     # Where warm-start models are cached, keyed by model and task.
     cache_dir: str = "runs/_cache"
 
@@ -133,7 +139,13 @@ class SiirlConfig:
 
     @property
     def run_dir(self) -> str:
-        return self.storage.uri or os.path.join("runs", self.run_name)
+        """Local folder for logs, metrics and TensorBoard (checkpoints too, unless remote)."""
+        uri = self.storage.uri
+        return uri if uri and "://" not in uri else os.path.join("runs", self.run_name)
+
+    @property
+    def checkpoint_root(self) -> str:
+        return self.storage.uri or self.run_dir
 
 
 def _one_of(key: str, value: Any, allowed) -> None:
@@ -162,6 +174,11 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     _one_of("trainer.zero_stage", cfg.trainer.zero_stage, {0, 1, 2, 3})
     _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
     _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
+    _one_of("storage.on_save_error", cfg.storage.on_save_error, {"stop", "continue"})
+    if "://" in cfg.storage.uri and not cfg.storage.uri.startswith(("s3://", "file://", "memory://")):
+        raise ConfigError(f"storage.uri={cfg.storage.uri!r}: expected a local path or s3://bucket/prefix")
+    if cfg.storage.retries < 1:
+        raise ConfigError(f"storage.retries={cfg.storage.retries}: expected at least 1 attempt")
     _one_of("task.name", cfg.task.name, TASKS.names())
     _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
     if not cfg.model.path:
@@ -198,8 +215,10 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     if cfg.trainer.zero_stage == 3 and cfg.rollout.backend == "hf" and cfg.cluster.n_workers > 1:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
-    if cfg.trainer.resume not in ("auto", "never") and not cfg.trainer.resume.isdigit():
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r} is not allowed; expected auto, never or a step number")
+    resume = cfg.trainer.resume
+    if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
+        raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
+                          "or a checkpoint folder (local path or s3:// URI)")
     return cfg
 
 

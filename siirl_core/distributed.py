@@ -34,3 +34,12 @@ def cpu_cores_for(local_rank: int, threads: int, n_cpus: int | None = None) -> s
     n_cpus = n_cpus or os.cpu_count() or 1
     first, last = local_rank * threads, (local_rank + 1) * threads - 1
     return f"{first}-{last}" if last < n_cpus else "nobind"
+
+
+def all_gather(obj) -> list:
+    """Every rank's small picklable object, in rank order (just [obj] on one rank)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

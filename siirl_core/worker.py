@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import socket
+import tempfile
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig, from_dict, to_dict
 from siirl_core.data import build_task, shard
-from siirl_core.distributed import barrier, cpu_cores_for, init_process_group
+from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_process_group
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
@@ -26,6 +27,10 @@ from siirl_core.rng import load_rng_state, save_rng_state
 from siirl_core.version import code_version
 
 log = logging.getLogger("siirl.worker")
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the earlier ones are intact."""
 
 
 class RankWorker:
@@ -139,34 +144,71 @@ class RankWorker:
         return bag.reduce()
 
     # --- checkpoints --------------------------------------------------------
-    def save(self, run_dir: str, metrics: dict) -> str:
-        folder = ckpt.step_dir(run_dir, self.step)
-        if self.rank == 0 and os.path.exists(folder):
-            shutil.rmtree(folder)  # a leftover incomplete save of this step
-        barrier()
-        self.actor.engine.save_checkpoint(os.path.join(folder, "engine"), tag="state")
-        save_rng_state(os.path.join(folder, f"rng_rank{self.rank}.safetensors"))
-        self.export(os.path.join(folder, "policy"))
-        if self.rank == 0:
-            with open(os.path.join(folder, "state.json"), "w") as f:
-                # Prompts are a function of (seed, step): the next step is the data position.
-                json.dump({"step": self.step, "next_data_step": self.step + 1}, f)
-        barrier()
-        if self.rank == 0:
-            ckpt.write_manifest(folder, self.step, self.world_size, to_dict(self.cfg), metrics, code_version())
-        barrier()
+    def save(self, root_uri: str, metrics: dict) -> str:
+        """Every rank stages and uploads its own files; rank 0 writes the manifest last,
+        only when every rank's upload succeeded."""
+        st = self.cfg.storage
+        folder = ckpt.step_dir(root_uri, self.step)
+        staging = tempfile.mkdtemp(prefix=f"siirl-save-{self.step}-r{self.rank}-")
+        try:
+            self.actor.engine.save_checkpoint(os.path.join(staging, "engine"), tag="state")
+            save_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
+            self.export(os.path.join(staging, "policy"))
+            if self.rank == 0:
+                with open(os.path.join(staging, "state.json"), "w") as f:
+                    # Prompts are a function of (seed, step): the next step is the data position.
+                    json.dump({"step": self.step, "next_data_step": self.step + 1}, f)
+            try:
+                files, error = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries), ""
+            except OSError as err:
+                files, error = {}, str(err)
+            results = all_gather(files if not error else error)
+            errors = [(r, e) for r, e in enumerate(results) if isinstance(e, str)]
+            if errors:
+                rank, err = errors[0]
+                raise CheckpointSaveError(f"saving checkpoint step {self.step} to {folder} failed on rank {rank}: "
+                                          f"{err}; earlier checkpoints are untouched")
+            if self.rank == 0:
+                merged = {k: v for part in results for k, v in part.items()}
+                ckpt.write_manifest(folder, self.step, self.world_size, merged, to_dict(self.cfg), metrics,
+                                    code_version(), st.endpoint_url, st.retries)
+            barrier()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return folder
 
+    def _wanted(self, rel: str) -> bool:
+        # This rank's optimizer shard and RNG, plus what every rank loads (model states).
+        if "zero_pp_rank_" in rel:
+            return f"zero_pp_rank_{self.rank}_" in rel
+        if rel.startswith("rng_rank"):
+            return rel == f"rng_rank{self.rank}.safetensors"
+        return rel.startswith("engine/")
+
     def restore(self, folder: str, step: int) -> int:
-        manifest = ckpt.verify(folder)
+        st = self.cfg.storage
+        manifest = ckpt.read_manifest(folder, st.endpoint_url)
         if manifest is None:
             raise FileNotFoundError(f"checkpoint {folder} is incomplete")
         if manifest["world_size"] != self.world_size:
             raise ValueError(f"checkpoint {folder} was written by {manifest['world_size']} ranks; "
                              f"this run has {self.world_size} (resharding is not supported yet)")
-        self.actor.engine.load_checkpoint(os.path.join(folder, "engine"), tag="state",
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
-        load_rng_state(os.path.join(folder, f"rng_rank{self.rank}.safetensors"))
+        staging = tempfile.mkdtemp(prefix=f"siirl-restore-{step}-r{self.rank}-")
+        try:
+            try:
+                ckpt.download(folder, manifest, staging, self._wanted, st.endpoint_url)
+                error = ""
+            except (OSError, ckpt.ChecksumError) as err:
+                error = str(err)
+            # Agree before DeepSpeed's collective load: all ranks load or none does.
+            errors = [e for e in all_gather(error) if e]
+            if errors:
+                raise ckpt.ChecksumError(errors[0]) if "checksum" in errors[0] else FileNotFoundError(errors[0])
+            self.actor.engine.load_checkpoint(os.path.join(staging, "engine"), tag="state",
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+            load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         self.rollout.sync_weights(self.actor.named_weights())
         self.step = step
         return step

@@ -1,61 +1,82 @@
 """Thin tasks over the rank group: each fans one control message out to every rank
-and returns a small dict. Retries restore the newest checkpoint before replaying."""
+and returns a small dict. Retries rebuild the group and restore the newest checkpoint
+before replaying."""
 from __future__ import annotations
+
+import json
+import os
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from infra.rank_group import RankFailure
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig
 
 
 def record_ranks(group, run_dir: str) -> None:
     """ranks.json: which process is which rank, for operators (and the kill test)."""
-    import json
-    import os
-
     with open(os.path.join(run_dir, "ranks.json"), "w") as f:
         json.dump(group.info, f, indent=1)
 
 
-def restore_newest(group, run_dir: str, resume: str = "auto") -> int:
-    """Restore every rank from the newest complete checkpoint; returns its step (0 if none)."""
-    point = ckpt.find_resume_point(run_dir, resume)
+def restore_newest(group, cfg: SiirlConfig, resume: str = "auto") -> int:
+    """Restore every rank from the newest complete checkpoint; returns its step (0 if none).
+    A checkpoint whose files fail their checksum on download is skipped for an older one."""
+    logger = get_run_logger()
+    root, endpoint = cfg.checkpoint_root, cfg.storage.endpoint_url
+    point = ckpt.find_resume_point(root, resume, endpoint)
     if point is None:
         return 0
-    step, folder = point
-    group.call("restore", folder, step)
-    return step
+    candidates = [point]
+    if resume == "auto":
+        candidates = [c for c in reversed(ckpt.complete_checkpoints(root, endpoint))]
+    for step, folder in candidates:
+        try:
+            group.call("restore", folder, step)
+            return step
+        except RankFailure as err:
+            if "checksum" not in str(err):
+                raise
+            logger.warning("skipping checkpoint %s: %s", folder, err)
+    raise FileNotFoundError(f"no loadable checkpoint in {root} (all failed their checksums; see the log)")
 
 
 @task(cache_policy=NO_CACHE, task_run_name="iteration-{step}")
-def run_iteration(group, step: int, run_dir: str) -> dict:
+def run_iteration(group, step: int, cfg: SiirlConfig) -> dict:
     from prefect.runtime import task_run
 
     if task_run.run_count > 1:
         logger = get_run_logger()
         group.rebuild()
-        record_ranks(group, run_dir)
+        record_ranks(group, cfg.run_dir)
         logger.warning("retry %d of iteration %d: rebuilt the rank group (%s)", task_run.run_count - 1, step,
                        ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
-        restored = restore_newest(group, run_dir)
+        restored = restore_newest(group, cfg)
         logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
                        restored, restored + 1, step)
     return group.call_rank0("run_until", step)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="checkpoint-{step}")
-def save_checkpoint(group, run_dir: str, step: int, metrics: dict, keep_last: int) -> str:
-    folder = group.call_rank0("save", run_dir, metrics)
-    ckpt.apply_retention(run_dir, keep_last)
+def save_checkpoint(group, cfg: SiirlConfig, step: int, metrics: dict) -> str:
+    try:
+        folder = group.call_rank0("save", cfg.checkpoint_root, metrics)
+    except RankFailure as err:
+        if cfg.storage.on_save_error == "stop" or "CheckpointSaveError" not in str(err):
+            raise
+        get_run_logger().error("checkpoint step %d not saved, training continues "
+                               "(storage.on_save_error=continue): %s", step, err)
+        return ""
+    ckpt.apply_retention(cfg.checkpoint_root, cfg.trainer.keep_checkpoints, cfg.storage.endpoint_url)
     return folder
 
 
 @task(cache_policy=NO_CACHE, task_run_name="restore")
-def restore_checkpoint(group, run_dir: str, resume: str) -> int:
-    step = restore_newest(group, run_dir, resume)
+def restore_checkpoint(group, cfg: SiirlConfig) -> int:
+    step = restore_newest(group, cfg, cfg.trainer.resume)
     if step:
-        get_run_logger().info("resumed from checkpoint step %d in %s", step, run_dir)
+        get_run_logger().info("resumed from checkpoint step %d in %s", step, cfg.checkpoint_root)
     return step
 
 

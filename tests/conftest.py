@@ -62,3 +62,39 @@ def _free_port() -> int:
 
 def siirl_cli() -> list[str]:
     return [sys.executable, "-m", "flows.cli"]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server (its own process) on loopback, for real HTTP through s3fs.
+    `endpoint` talks to it directly; `proxy_endpoint` goes through a TCP relay the
+    tests can cut to make the storage go away and come back with its data.
+    Credentials are dummies set in the environment, as the AWS chain expects."""
+    import subprocess
+    import time
+    import urllib.request
+
+    import boto3
+
+    from tests.tcp_relay import TcpRelay
+
+    os.environ.update(AWS_ACCESS_KEY_ID="siirl-test-key", AWS_SECRET_ACCESS_KEY="siirl-test-SECRET-42",
+                      AWS_DEFAULT_REGION="us-east-1")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    # s3fs's mkdir sends a location constraint moto rejects: create buckets with boto3.
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="siirl")
+    relay = TcpRelay(("127.0.0.1", port))
+    relay.start()
+    yield {"endpoint": endpoint, "proxy_endpoint": f"http://127.0.0.1:{relay.port}", "relay": relay}
+    relay.stop()
+    proc.terminate()
+    proc.wait(timeout=10)

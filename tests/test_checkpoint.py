@@ -15,7 +15,7 @@ def _fake_checkpoint(run_dir, step, complete=True):
     with open(os.path.join(folder, "state.json"), "w") as f:
         json.dump({"step": step}, f)
     if complete:
-        ckpt.write_manifest(folder, step, 1, {"a": 1}, {"reward/mean": 0.5}, "test")
+        ckpt.write_manifest(folder, step, 1, ckpt.local_files(folder), {"a": 1}, {"reward/mean": 0.5}, "test")
     return folder
 
 

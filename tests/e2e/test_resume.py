@@ -18,14 +18,14 @@ SHORT = ["trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=0", "tra
          "task.eval_size=100"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, cache_dir):
     run_dir = str(tmp_path_factory.mktemp("uninterrupted"))
     run_siirl(["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT])
     return metrics_by_step(run_dir)
 
 
-def _assert_same(a: dict, b: dict, step: int):
+def assert_same(a: dict, b: dict, step: int):
     for key in COMPARED:
         assert b[key] == pytest.approx(a[key], abs=TOL, rel=TOL), f"step {step} {key}: {a[key]} vs {b[key]}"
 
@@ -44,7 +44,7 @@ def test_stopped_run_resumes_where_it_left_off(tmp_path, cache_dir, uninterrupte
     resumed = metrics_by_step(run_dir)
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (5, 6):
-        _assert_same(uninterrupted[step], resumed[step], step)
+        assert_same(uninterrupted[step], resumed[step], step)
 
 
 def test_failed_iteration_is_retried_from_checkpoint(tmp_path, cache_dir, uninterrupted):
@@ -57,5 +57,5 @@ def test_failed_iteration_is_retried_from_checkpoint(tmp_path, cache_dir, uninte
     assert sorted(retried) == [1, 2, 3, 4, 5, 6]
     # The replayed step 3 applied its update once: everything after matches.
     for step in (3, 6):
-        _assert_same(uninterrupted[step], retried[step], step)
+        assert_same(uninterrupted[step], retried[step], step)
     assert os.path.exists(os.path.join(run_dir, "final_policy", "model.safetensors"))
