@@ -2,6 +2,8 @@
 on the same global batch, and the scaling efficiency.
 
     .venv/bin/python bench/scaling.py [--iterations 30] [--warmup 5] [--out FILE] [overrides ...]
+    # one GPU (not run yet: no GPU was available to this project's sessions so far)
+    python bench/scaling.py --cluster local_cuda --ranks 1 [overrides ...]
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from siirl_core.compose import compose_config  # noqa: E402
 from siirl_core.config import to_dict  # noqa: E402
 
 
-def measure(n_ranks: int, policy: str, overrides: list[str], iterations: int, warmup: int) -> dict:
+def measure(n_ranks: int, policy: str, overrides: list[str], iterations: int, warmup: int,
+            cluster: str = "local") -> dict:
     cfg = compose_config([f"cluster.n_workers={n_ranks}", *overrides])
     samples = cfg.trainer.prompts_per_step * cfg.rollout.n
-    with dask_client("local", n_ranks, 1) as client:
+    with dask_client(cluster, n_ranks, 1) as client:
         group = start_rank_group(client, to_dict(cfg), policy, n_ranks)
         walls, worker_s = [], []
         for step in range(1, warmup + iterations + 1):
@@ -44,19 +47,24 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="")
+    ap.add_argument("--cluster", default="local", choices=["local", "local_cuda"],
+                    help="local_cuda: dask-cuda workers, one per GPU, DeepSpeed over NCCL")
+    ap.add_argument("--ranks", default="1,2", help="rank counts to measure, e.g. 1 on one GPU")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    counts = [int(n) for n in args.ranks.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         policy = warm_policy(compose_config(args.overrides), tmp)
-        rows = [measure(n, policy, args.overrides, args.iterations, args.warmup) for n in (1, 2)]
-    efficiency = rows[1]["samples_per_s"] / (2 * rows[0]["samples_per_s"])
+        rows = [measure(n, policy, args.overrides, args.iterations, args.warmup, args.cluster) for n in counts]
+    efficiency = rows[1]["samples_per_s"] / (2 * rows[0]["samples_per_s"]) if counts[:2] == [1, 2] else None
     for r in rows:
         print(f"{r['ranks']} rank(s): {r['median_s_per_iteration']:.3f} s/iteration "
               f"(min {r['min_s']:.3f}, max {r['max_s']:.3f}), {r['samples_per_s']:.0f} samples/s")
-    print(f"scaling efficiency 1 -> 2 ranks: {efficiency:.2f}")
+    if efficiency is not None:
+        print(f"scaling efficiency 1 -> 2 ranks: {efficiency:.2f}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"rows": rows, "efficiency": efficiency, "cpus": os.cpu_count(),
+            json.dump({"rows": rows, "efficiency": efficiency, "cpus": os.cpu_count(), "cluster": args.cluster,
                        "overrides": args.overrides}, f, indent=1)
 
 
