@@ -55,6 +55,7 @@ def test_two_ranks_zero3_shards_checkpoints_and_resumes(tmp_path, cache_dir):
               "trainer.prompts_per_step=16", "task.eval_size=100"]
     crashed = run_siirl(common + ["trainer.fail_at_step=5", "trainer.retries=0"], check=False)
     assert crashed.returncode != 0
+    assert "trainer.fail_at_step=5" in crashed.stderr, crashed.stderr[-4000:]
     ranks = json.load(open(os.path.join(run_dir, "ranks.json")))
     for r in ranks:  # ZeRO-3: each rank holds half of the parameters
         assert r["local_parameters"] == pytest.approx(r["parameters"] / 2, rel=0.01)
