@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
 from typing import Optional
 
@@ -56,7 +57,7 @@ def upload_folder(local_dir: str, folder_uri: str, endpoint_url: str = "", attem
     files = local_files(local_dir)
     fs, root = filesystem(folder_uri, endpoint_url)
     for rel in files:
-        target = join(root, rel) if is_remote(folder_uri) else os.path.join(root, rel)
+        target = posixpath.join(root, rel)
         if not is_remote(folder_uri):
             os.makedirs(os.path.dirname(target), exist_ok=True)
         retrying(f"upload {rel} to {folder_uri}", lambda: fs.put_file(os.path.join(local_dir, rel), target), attempts)
@@ -85,7 +86,7 @@ def write_manifest(folder_uri: str, step: int, world_size: int, files: dict, con
 
 def read_manifest(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
     fs, root = filesystem(folder_uri, endpoint_url)
-    path = join(root, MANIFEST) if is_remote(folder_uri) else os.path.join(root, MANIFEST)
+    path = posixpath.join(root, MANIFEST)
     try:
         return json.loads(retrying(f"read {folder_uri}/{MANIFEST}", lambda: fs.cat_file(path)))
     except FileNotFoundError:
@@ -104,7 +105,7 @@ def verify(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
     fs, root = filesystem(folder_uri, endpoint_url)
     remote = is_remote(folder_uri)
     for rel, meta in manifest["files"].items():
-        path = join(root, rel) if remote else os.path.join(root, rel)
+        path = posixpath.join(root, rel)
         try:
             size = fs.info(path)["size"]
         except FileNotFoundError:
@@ -123,7 +124,7 @@ def download(folder_uri: str, manifest: dict, local_dir: str, wanted=lambda rel:
     for rel, meta in manifest["files"].items():
         if not wanted(rel):
             continue
-        src = join(root, rel) if is_remote(folder_uri) else os.path.join(root, rel)
+        src = posixpath.join(root, rel)
         dst = os.path.join(local_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         retrying(f"download {rel} from {folder_uri}", lambda: fs.get_file(src, dst))
@@ -135,7 +136,7 @@ def complete_checkpoints(root_uri: str, endpoint_url: str = "") -> list[tuple[in
     """(step, folder URI) of every complete checkpoint, oldest first."""
     fs, root = filesystem(root_uri, endpoint_url)
     base = join(root_uri, "checkpoints")
-    path = join(root, "checkpoints") if is_remote(root_uri) else os.path.join(root, "checkpoints")
+    path = posixpath.join(root, "checkpoints")
     try:
         names = retrying(f"list {base}", lambda: fs.ls(path, detail=False))
     except FileNotFoundError:

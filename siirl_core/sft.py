@@ -65,14 +65,11 @@ def train_sft(model_path: str, out_dir: str, task, steps: int, batch_size: int, 
 @torch.no_grad()
 def greedy_accuracy(model_path: str, task, max_new_tokens: int = 6, limit: int | None = None) -> float:
     """Exact-match accuracy of greedy transformers decoding on the held-out set."""
-    from siirl_core.rollout.base import SamplingConfig
+    from siirl_core.evaluation import greedy_correct
     from siirl_core.rollout.hf_engine import HFRollout
 
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path).eval()
     problems = task.eval_set()[:limit]
     engine = HFRollout(model, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
-    out = engine.generate([tokenizer(p.prompt)["input_ids"] for p in problems],
-                          SamplingConfig(n=1, greedy=True, max_new_tokens=max_new_tokens), seed=0)
-    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in out.response_ids]
-    return sum(task.score(t, p.answer, f) for t, p, f in zip(texts, problems, out.finished)) / len(problems)
+    return greedy_correct(engine, tokenizer, task, problems, max_new_tokens) / len(problems)

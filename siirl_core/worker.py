@@ -22,7 +22,7 @@ from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_proc
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
-from siirl_core.rollout.base import SamplingConfig
+from siirl_core.evaluation import greedy_correct
 from siirl_core.rng import load_rng_state, save_rng_state
 from siirl_core.version import code_version
 
@@ -133,11 +133,7 @@ class RankWorker:
         mine = problems[self.rank * k:(self.rank + 1) * k]
         bag = MetricBag()
         if mine:
-            prompt_ids = [self.tokenizer(p.prompt)["input_ids"] for p in mine]
-            out = self.rollout.generate(prompt_ids, SamplingConfig(n=1, greedy=True,
-                                        max_new_tokens=self.cfg.rollout.max_new_tokens), seed=0)
-            texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in out.response_ids]
-            correct = sum(self.task.score(t, p.answer, f) for t, p, f in zip(texts, mine, out.finished))
+            correct = greedy_correct(self.rollout, self.tokenizer, self.task, mine, self.cfg.rollout.max_new_tokens)
             bag.add("val/accuracy", correct / len(mine), weight=len(mine))
         else:
             bag.add("val/accuracy", 0.0, weight=0.0)

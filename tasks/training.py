@@ -25,12 +25,13 @@ def restore_newest(group, cfg: SiirlConfig, resume: str = "auto") -> int:
     A checkpoint whose files fail their checksum on download is skipped for an older one."""
     logger = get_run_logger()
     root, endpoint = cfg.checkpoint_root, cfg.storage.endpoint_url
-    point = ckpt.find_resume_point(root, resume, endpoint)
-    if point is None:
+    if resume == "auto":  # newest first; one listing (verifying is I/O)
+        candidates = list(reversed(ckpt.complete_checkpoints(root, endpoint)))
+    else:
+        point = ckpt.find_resume_point(root, resume, endpoint)
+        candidates = [point] if point is not None else []
+    if not candidates:
         return 0
-    candidates = [point]
-    if resume == "auto":
-        candidates = [c for c in reversed(ckpt.complete_checkpoints(root, endpoint))]
     for step, folder in candidates:
         try:
             group.call("restore", folder, step)

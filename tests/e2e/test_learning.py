@@ -37,18 +37,15 @@ def _exported_policy_loads_in_vllm(policy_dir: str, expected_accuracy: float):
         import os
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from siirl_core.data import ArithmeticTask
+        from siirl_core.evaluation import greedy_correct
         from siirl_core.models import load_causal_lm, load_tokenizer
-        from siirl_core.rollout.base import SamplingConfig
         from siirl_core.rollout.vllm_engine import VLLMRollout
         tok = load_tokenizer({policy_dir!r})
         load_causal_lm({policy_dir!r})  # loads in transformers too
         task = ArithmeticTask()
         problems = task.eval_set()
         engine = VLLMRollout({policy_dir!r}, eos_id=tok.eos_token_id)
-        out = engine.generate([tok(p.prompt)["input_ids"] for p in problems],
-                              SamplingConfig(n=1, greedy=True, max_new_tokens=6), seed=0)
-        texts = [tok.decode(r, skip_special_tokens=True) for r in out.response_ids]
-        acc = sum(task.score(t, p.answer, f) for t, p, f in zip(texts, problems, out.finished)) / len(problems)
+        acc = greedy_correct(engine, tok, task, problems, max_new_tokens=6) / len(problems)
         print("ACCURACY", acc)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
