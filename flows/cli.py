@@ -1,15 +1,17 @@
-"""`siirl train|sft [hydra overrides]`."""
+"""`siirl train|sft|retrain|evaluate [hydra overrides]`."""
 from __future__ import annotations
 
 import os
 import sys
 
-USAGE = "usage: siirl {train,sft} [key=value ...]   (Hydra overrides, e.g. trainer.steps=20 rollout=hf)"
+COMMANDS = ("train", "sft", "retrain", "evaluate")
+USAGE = ("usage: siirl {train,sft,retrain,evaluate} [key=value ...]   "
+         "(Hydra overrides, e.g. trainer.steps=20 rollout=hf)")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("train", "sft"):
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, overrides = argv[0], argv[1:]
@@ -23,11 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"siirl: configuration error: {err}", file=sys.stderr)
         return 2
     if command == "train":
-        from flows.train import train_flow
-        train_flow(overrides)
+        from flows.train import train_flow as run
+    elif command == "sft":
+        from flows.sft import sft_flow as run
+    elif command == "retrain":
+        from flows.retrain import retrain_flow as run
     else:
-        from flows.sft import sft_flow
-        sft_flow(overrides)
+        from flows.evaluate import evaluate_flow as run
+    run(overrides)
     return 0
 
 

@@ -67,8 +67,17 @@ def _record_driver_traffic(group, client, run_dir: str) -> None:
 
 
 @flow(name="siirl-train", log_prints=True)
-def train_flow(overrides: list[str] | None = None) -> dict:
-    overrides = list(overrides or [])
+def train_flow(overrides: list[str] | None = None, retrain: bool = False) -> dict:
+    """RL training with Hydra overrides. retrain=True runs the `siirl-retrain` flow
+    instead (the nightly-retrain deployment): train from the champion, promote if better."""
+    if retrain:
+        from flows.retrain import retrain_flow
+        return retrain_flow(overrides)
+    return run_training(list(overrides or []))
+
+
+def run_training(overrides: list[str]) -> dict:
+    """The training run itself, inside whichever flow calls it."""
     cfg = compose_config(overrides)  # fails here, before any model is loaded
     logger = get_run_logger()
     run_dir = cfg.run_dir

@@ -170,8 +170,14 @@ def find_resume_point(root_uri: str, resume: str, endpoint_url: str = "") -> Opt
 
 
 def apply_retention(root_uri: str, keep_last: int, endpoint_url: str = "") -> None:
+    """Delete complete checkpoints older than the newest keep_last, except any that has
+    ever been promoted to champion."""
+    from siirl_core.champion import is_promoted
+
     if keep_last <= 0:
         return
     for _, folder in complete_checkpoints(root_uri, endpoint_url)[:-keep_last]:
+        if is_promoted(folder, endpoint_url):
+            continue
         fs, path = filesystem(folder, endpoint_url)
         retrying(f"delete {folder}", lambda: fs.rm(path, recursive=True))

@@ -7,6 +7,7 @@ cross-field rules, naming the field and the allowed values.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -79,6 +80,9 @@ class TrainerConfig:
     micro_batch_size: int = 64
     zero_stage: int = 2
     seed: int = 0
+    # Extra seed of the RL prompt stream (0: prompts depend on trainer.seed and the step
+    # only). Retraining sets it from the date, so each night sees new prompts.
+    data_seed: int = 0
     save_every: int = 25
     eval_every: int = 25
     # auto: continue from the newest complete checkpoint; never: start fresh.
@@ -126,6 +130,29 @@ class StorageConfig:
 
 
 @dataclass
+class RetrainConfig:
+    # RL iterations per retraining run (siirl-retrain), on prompts drawn for that date.
+    iterations: int = 20
+    # Promote the candidate only when its held-out accuracy beats the champion's by at least this much.
+    margin: float = 0.01
+    # YYYY-MM-DD that seeds the run's prompts; empty: the flow run's scheduled date.
+    date: str = ""
+
+
+@dataclass
+class EvaluateConfig:
+    # A checkpoint folder (local or s3://) or an HF model directory; empty: the newest
+    # complete checkpoint in the run's storage.
+    source: str = ""
+    # Samples per held-out prompt, for mean@n and maj@n.
+    n: int = 8
+    pass_k: list[int] = field(default_factory=lambda: [1, 4, 8])
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
 class SiirlConfig:
     run_name: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -136,6 +163,8 @@ class SiirlConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def run_dir(self) -> str:
@@ -215,11 +244,35 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     if cfg.trainer.zero_stage == 3 and cfg.rollout.backend == "hf" and cfg.cluster.n_workers > 1:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
+    _validate_retrain_and_evaluate(cfg)
     resume = cfg.trainer.resume
     if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
         raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
                           "or a checkpoint folder (local path or s3:// URI)")
     return cfg
+
+
+def _validate_retrain_and_evaluate(cfg: SiirlConfig) -> None:
+    _positive("retrain.iterations", cfg.retrain.iterations)
+    _positive("retrain.margin", cfg.retrain.margin, zero_ok=True)
+    if cfg.retrain.date:
+        try:
+            datetime.date.fromisoformat(cfg.retrain.date)
+        except ValueError:
+            raise ConfigError(f"retrain.date={cfg.retrain.date!r}: expected a date as YYYY-MM-DD") from None
+    ev = cfg.evaluate
+    _positive("evaluate.n", ev.n)
+    _positive("evaluate.temperature", ev.temperature)
+    if not 0 < ev.top_p <= 1:
+        raise ConfigError(f"evaluate.top_p={ev.top_p!r} is not allowed; expected 0 < top_p <= 1")
+    bad = [k for k in ev.pass_k if not 1 <= k <= ev.n]
+    if bad:
+        raise ConfigError(f"evaluate.pass_k={list(ev.pass_k)}: every k must be in 1..evaluate.n={ev.n}; got {bad}")
+    src = ev.source
+    if src and "://" not in src and not any(os.path.isfile(os.path.join(src, f)) for f in ("config.json",
+                                                                                           "manifest.json")):
+        raise ConfigError(f"evaluate.source={src!r} is neither a checkpoint folder (with manifest.json) "
+                          "nor an HF model directory (with config.json)")
 
 
 def build_config(composed: DictConfig | dict) -> SiirlConfig:

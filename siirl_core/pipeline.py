@@ -52,12 +52,14 @@ def _timed(name: str, fn: Callable) -> Callable:
 
 def node_rollout(w, ctx, bag):
     cfg = w.cfg
-    problems = shard(w.task.train_batch(cfg.trainer.seed, ctx["step"], cfg.trainer.prompts_per_step),
+    t = cfg.trainer
+    problems = shard(w.task.train_batch(t.seed, ctx["step"], t.prompts_per_step, stream=t.data_seed),
                      w.rank, w.world_size)
     prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in problems]
     sampling = SamplingConfig(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
-    seed = (cfg.trainer.seed * 100_003 + ctx["step"]) * 1_009 + w.rank
+    # data_seed mixed in below 2**31: vLLM's per-prompt seeds are multiplied up and must stay int64.
+    seed = ((t.seed * 100_003 + ctx["step"]) * 1_009 + w.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
     ctx["problems"], ctx["rollout"] = problems, w.rollout.generate(prompt_ids, sampling, seed)
     ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
     lengths = [len(r) for r in ctx["rollout"].response_ids]

@@ -202,6 +202,7 @@ class RankWorker:
                 raise ckpt.ChecksumError(errors[0]) if "checksum" in errors[0] else FileNotFoundError(errors[0])
             self.actor.engine.load_checkpoint(os.path.join(staging, "engine"), tag="state",
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
+            self.actor.set_base_lr(self.cfg.trainer.lr)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
         finally:
             shutil.rmtree(staging, ignore_errors=True)

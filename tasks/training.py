@@ -54,6 +54,8 @@ def run_iteration(group, step: int, cfg: SiirlConfig) -> dict:
         logger.warning("retry %d of iteration %d: rebuilt the rank group (%s)", task_run.run_count - 1, step,
                        ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
         restored = restore_newest(group, cfg)
+        if restored == 0 and cfg.trainer.resume not in ("auto", "never"):
+            restored = restore_newest(group, cfg, cfg.trainer.resume)  # where this run started from
         logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
                        restored, restored + 1, step)
     return group.call_rank0("run_until", step)

@@ -56,9 +56,11 @@ class ArithmeticTask:
                 out.append(p)
         return out
 
-    def train_batch(self, seed: int, step: int, size: int) -> list[Problem]:
-        """The global training batch of one step: the same on every rank."""
-        return self._draw(np.random.default_rng([seed, step, 1]), size, heldout=False)
+    def train_batch(self, seed: int, step: int, size: int, stream: int = 0) -> list[Problem]:
+        """The global training batch of one step: the same on every rank. `stream` != 0
+        draws another sequence of batches (retraining uses one per date)."""
+        key = [seed, step, 1] + ([stream] if stream else [])
+        return self._draw(np.random.default_rng(key), size, heldout=False)
 
     def demonstrations(self, seed: int, step: int, size: int) -> list[Problem]:
         """Supervised warm-start examples, from the training distribution."""
@@ -78,6 +80,10 @@ class ArithmeticTask:
     def score(self, response: str, answer: str, finished: bool) -> float:
         """Exact match: the response up to EOS is the answer, and EOS was produced."""
         return 1.0 if finished and response.strip() == answer else 0.0
+
+    def answer_of(self, response: str, finished: bool) -> str | None:
+        """The normalised answer a response gives (for majority voting); None if it gives none."""
+        return response.strip() if finished and self.format_ok(response, finished) else None
 
     def format_ok(self, response: str, finished: bool) -> bool:
         text = response.strip()

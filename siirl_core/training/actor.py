@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from siirl_core.algorithms import POLICY_LOSSES, aggregate_loss, kl_penalty, masked_mean
+from siirl_core.training.safe_load import use_restricted_loading
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -63,6 +64,7 @@ class DeepSpeedActor:
         config = deepspeed_config(zero_stage, micro_batch_size, grad_accum, world_size, grad_clip, bf16)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+        use_restricted_loading(self.engine)
         self.zero_stage = zero_stage
         self.grad_accum = grad_accum
 
@@ -97,6 +99,14 @@ class DeepSpeedActor:
     def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+
+    def set_base_lr(self, lr: float) -> None:
+        """Make `lr` the schedule's base rate (a restored checkpoint brings its own; the
+        configured one wins, so resuming or retraining with a new trainer.lr uses it)."""
+        sched = self.scheduler
+        sched.base_lrs = [lr for _ in sched.base_lrs]
+        for group, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas):
+            group["lr"] = lr * factor(sched.last_epoch)
 
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]

@@ -59,3 +59,19 @@ def test_failed_iteration_is_retried_from_checkpoint(tmp_path, cache_dir, uninte
     for step in (3, 6):
         assert_same(uninterrupted[step], retried[step], step)
     assert os.path.exists(os.path.join(run_dir, "final_policy", "model.safetensors"))
+
+
+def test_save_error_with_continue_keeps_training(tmp_path, cache_dir, uninterrupted):
+    """storage.on_save_error=continue: a checkpoint that cannot be written is logged and
+    skipped; training goes on unchanged and later checkpoints are saved."""
+    run_dir = str(tmp_path / "run")
+    blocked = ckpt.step_dir(run_dir, 2)
+    os.makedirs(os.path.dirname(blocked))
+    open(blocked, "w").close()  # a file where step 2's folder must go: its save fails
+    proc = run_siirl(["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT,
+                      "storage.on_save_error=continue"])
+    assert "checkpoint step 2 not saved, training continues" in proc.stdout + proc.stderr
+    assert [s for s, _ in ckpt.complete_checkpoints(run_dir)] == [4, 6]
+    resumed = metrics_by_step(run_dir)
+    for step in (2, 6):
+        assert_same(uninterrupted[step], resumed[step], step)

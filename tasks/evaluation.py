@@ -1,0 +1,106 @@
+"""Tasks of `siirl-evaluate`: resolve what to evaluate, fetch its policy, sample and
+score the held-out set, and save the results beside the source."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from siirl_core import checkpoint as ckpt
+from siirl_core.config import SiirlConfig, to_dict
+from siirl_core.storage import filesystem, is_remote, join, retrying
+
+
+@task(cache_policy=NO_CACHE)
+def resolve_source(cfg: SiirlConfig) -> dict:
+    """{"kind": checkpoint|hf_dir, "uri", "step"}. Empty evaluate.source: the newest
+    complete checkpoint in the run's storage."""
+    src, ep = cfg.evaluate.source, cfg.storage.endpoint_url
+    if not src:
+        complete = ckpt.complete_checkpoints(cfg.checkpoint_root, ep)
+        if not complete:
+            raise FileNotFoundError(f"evaluate.source is empty and {cfg.checkpoint_root} has no complete "
+                                    "checkpoint; set evaluate.source to a checkpoint folder or HF model directory")
+        step, folder = complete[-1]
+        return {"kind": "checkpoint", "uri": folder, "step": step}
+    if not is_remote(src) and os.path.isfile(os.path.join(src, "config.json")):
+        return {"kind": "hf_dir", "uri": src, "step": None}
+    manifest = ckpt.verify(src, ep)
+    if manifest is None:
+        raise FileNotFoundError(f"evaluate.source={src!r}: not a complete checkpoint folder (see the log) "
+                                "nor an HF model directory")
+    return {"kind": "checkpoint", "uri": src, "step": manifest["step"]}
+
+
+@task(cache_policy=NO_CACHE)
+def fetch_policy(cfg: SiirlConfig, source: dict, scratch: str) -> str:
+    """A local HF directory of the policy: the source itself, or the checkpoint's `policy/`
+    files downloaded and checked against the manifest."""
+    if source["kind"] == "hf_dir":
+        return source["uri"]
+    ep = cfg.storage.endpoint_url
+    manifest = ckpt.read_manifest(source["uri"], ep)
+    ckpt.download(source["uri"], manifest, scratch, lambda rel: rel.startswith("policy/"), ep)
+    return os.path.join(scratch, "policy")
+
+
+@task(cache_policy=NO_CACHE)
+def sample_and_score(cfg: SiirlConfig, model_dir: str) -> dict:
+    """mean@n, pass@k, maj@n (sampled) and greedy accuracy on the task's held-out set."""
+    from siirl_core.data import build_task
+    from siirl_core.evaluation import evaluate_sampled, greedy_correct
+    from siirl_core.models import load_tokenizer
+    from siirl_core.rollout.base import SamplingConfig
+
+    ev, task_ = cfg.evaluate, build_task(cfg.task)
+    tokenizer = load_tokenizer(model_dir)
+    engine = _rollout_engine(cfg, model_dir, tokenizer)
+    problems = task_.eval_set()
+    sampling = SamplingConfig(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
+                              max_new_tokens=cfg.rollout.max_new_tokens)
+    scores = evaluate_sampled(engine, tokenizer, task_, problems, sampling, ev.pass_k, ev.seed)
+    scores["greedy"] = greedy_correct(engine, tokenizer, task_, problems, cfg.rollout.max_new_tokens) / len(problems)
+    results = {f"val/{task_.name}/{k}": v for k, v in scores.items()}
+    results[f"val/{task_.name}/prompts"] = len(problems)
+    return results
+
+
+def _rollout_engine(cfg: SiirlConfig, model_dir: str, tokenizer):
+    if cfg.rollout.backend == "vllm":
+        from siirl_core.distributed import cpu_cores_for
+        from siirl_core.rollout.vllm_engine import VLLMRollout
+
+        return VLLMRollout(model_dir, eos_id=tokenizer.eos_token_id, seed=cfg.evaluate.seed,
+                           kv_cache_gib=cfg.rollout.kv_cache_gib,
+                           cpu_cores=cpu_cores_for(0, cfg.cluster.threads_per_worker))
+    from siirl_core.models import load_causal_lm
+    from siirl_core.rollout.hf_engine import HFRollout
+
+    return HFRollout(load_causal_lm(model_dir).eval(), pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+
+
+def results_name(cfg: SiirlConfig) -> str:
+    """One file per task and sampling setting, so different evaluations sit side by side."""
+    d = to_dict(cfg)
+    key = hashlib.sha256(json.dumps([d["task"], d["evaluate"], d["rollout"]["max_new_tokens"]],
+                                    sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.task.name}-n{cfg.evaluate.n}-{key}.json"
+
+
+@task(cache_policy=NO_CACHE)
+def save_results(cfg: SiirlConfig, source: dict, results: dict) -> str:
+    """`<source>/evaluations/<task>-n<N>-<key>.json`: beside the checkpoint's files (not in
+    its manifest, so the checkpoint stays complete), removed with it by retention."""
+    record = {"source": source, "results": results, "task": to_dict(cfg)["task"],
+              "evaluate": to_dict(cfg)["evaluate"], "max_new_tokens": cfg.rollout.max_new_tokens}
+    uri = join(source["uri"], "evaluations", results_name(cfg))
+    fs, path = filesystem(uri, cfg.storage.endpoint_url)
+    data = json.dumps(record, indent=1, sort_keys=True).encode()
+    if not is_remote(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    retrying(f"write {uri}", lambda: fs.pipe_file(path, data), cfg.storage.retries)
+    get_run_logger().info("evaluation results written to %s", uri)
+    return uri
