@@ -1,6 +1,9 @@
-"""`prefect deployment run siirl-train/default` for real: a Prefect server on
-loopback (SQLite), a process work pool, `prefect deploy` from prefect.yaml, a worker,
-and a smoke-size run that completes with its checkpoints in storage."""
+"""`prefect deployment run` for real: a Prefect server on loopback (SQLite), a process
+work pool, `prefect deploy` from prefect.yaml, a worker, and smoke-size runs of the
+three deployments: siirl-train/default (checkpoints in storage), siirl-evaluate/default
+on its exported policy (results file and artifact), and siirl-train/nightly-retrain
+(a verdict recorded for the run's scheduled date)."""
+import datetime
 import json
 import os
 import subprocess
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from siirl_core import champion
 from siirl_core import checkpoint as ckpt
 from tests.conftest import ROOT, _free_port
 
@@ -27,6 +31,34 @@ def _wait_healthy(api: str, timeout: float = 120) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError("prefect server did not become healthy")
+
+
+def _evaluate_deployment(run, run_dir: str, overrides: list[str]) -> None:
+    policy = os.path.join(run_dir, "final_policy")
+    params = overrides + [f"evaluate.source={policy}", "evaluate.n=4", "evaluate.pass_k=[1,4]"]
+    result = run("deployment", "run", "siirl-evaluate/default", "--param", f"overrides={json.dumps(params)}",
+                 "--watch")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    saved = os.listdir(os.path.join(policy, "evaluations"))
+    with open(os.path.join(policy, "evaluations", saved[0])) as f:
+        assert set(json.load(f)["results"]) >= {"val/arithmetic/mean@4", "val/arithmetic/pass@4",
+                                                "val/arithmetic/maj@4"}
+    artifact = run("artifact", "inspect", "siirl-evaluation")
+    assert "val/arithmetic/maj@4" in artifact.stdout, artifact.stdout[-2000:]
+
+
+def _nightly_retrain_deployment(run, run_dir: str, overrides: list[str]) -> None:
+    """A manual run of the cron deployment: continues the newest checkpoint (step 4) and
+    records a verdict dated by the flow run's scheduled time (today, for a manual run)."""
+    params = overrides + ["retrain.iterations=2"]
+    result = run("deployment", "run", "siirl-train/nightly-retrain", "--param",
+                 f"overrides={json.dumps(params)}", "--watch")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [verdict] = champion.read_history(run_dir)
+    assert verdict["started_from"] == "newest" and verdict["candidate"]["step"] == 6
+    assert verdict["date"] == datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert ckpt.verify(verdict["candidate"]["folder"]) is not None
+    assert "siirl-retrain-verdict" in run("artifact", "ls").stdout
 
 
 def test_deployment_run_completes(tmp_path, cache_dir):
@@ -56,6 +88,11 @@ def test_deployment_run_completes(tmp_path, cache_dir):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "Completed" in result.stdout
         assert [s for s, _ in ckpt.complete_checkpoints(run_dir)] == [2, 4]
+
+        nightly = run("deployment", "inspect", "siirl-train/nightly-retrain")
+        assert "0 3 * * *" in nightly.stdout and "'retrain': True" in nightly.stdout, nightly.stdout
+        _evaluate_deployment(run, run_dir, overrides)
+        _nightly_retrain_deployment(run, run_dir, overrides)
     finally:
         for proc in (worker, server):
             if proc is not None:
