@@ -39,6 +39,17 @@ class TaskConfig:
     # Weight of the format reward (answer is digits then EOS); 0 disables it.
     format_reward: float = 0.0
     eval_size: int = 500
+    # countdown: numbers per problem and their largest value.
+    terms: int = 3
+    max_number: int = 9
+    # reverse: string lengths.
+    min_length: int = 3
+    max_length: int = 6
+    # file: verl-schema .jsonl / .parquet files; val_files empty holds out 1 row in 10.
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    # Prompts longer than this many tokens are dropped (counted in the log); 0: no limit.
+    max_prompt_length: int = 0
 
 
 @dataclass
@@ -130,6 +141,22 @@ class StorageConfig:
 
 
 @dataclass
+class RewardConfig:
+    # A registered reward (exact_match, numeric, format, countdown, length_penalty), "auto"
+    # (the task's own verifier), or a user function "pkg.module:fn" / "path/to/file.py:fn".
+    function: str = "auto"
+    # The function takes lists (one call per batch) instead of one sample per call.
+    batched: bool = False
+    # Extra keyword arguments for the function (e.g. pattern for `format`).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Seconds per call (per batch when batched); a call past it scores error_score.
+    timeout_s: float = 10.0
+    # When the function raises or times out: score the sample error_score and go on, or stop.
+    on_error: str = "score"
+    error_score: float = 0.0
+
+
+@dataclass
 class RetrainConfig:
     # RL iterations per retraining run (siirl-retrain), on prompts drawn for that date.
     iterations: int = 20
@@ -150,6 +177,9 @@ class EvaluateConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    # Also compute these sampled metrics (per data source) at each training evaluation:
+    # before training, every trainer.eval_every steps and at the end.
+    during_training: bool = False
 
 
 @dataclass
@@ -163,6 +193,7 @@ class SiirlConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -209,6 +240,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     if cfg.storage.retries < 1:
         raise ConfigError(f"storage.retries={cfg.storage.retries}: expected at least 1 attempt")
     _one_of("task.name", cfg.task.name, TASKS.names())
+    _validate_task(cfg)
     _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
     if not cfg.model.path:
         _one_of("model.size", cfg.model.size, SIZES)
@@ -245,11 +277,36 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
     _validate_retrain_and_evaluate(cfg)
+    _validate_reward(cfg)
     resume = cfg.trainer.resume
     if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
         raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
                           "or a checkpoint folder (local path or s3:// URI)")
     return cfg
+
+
+def _validate_task(cfg: SiirlConfig) -> None:
+    """Build the task once: bad options and malformed data files fail here, naming the
+    key, or the file, row and field."""
+    from siirl_core.data import build_task
+
+    try:
+        build_task(cfg.task)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _validate_reward(cfg: SiirlConfig) -> None:
+    from siirl_core.rewards import RewardFunctionError, load_reward_function
+
+    r = cfg.reward
+    _one_of("reward.on_error", r.on_error, {"score", "stop"})
+    _positive("reward.timeout_s", r.timeout_s)
+    if r.function != "auto":
+        try:
+            load_reward_function(r.function, r.batched, r.kwargs)
+        except RewardFunctionError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _validate_retrain_and_evaluate(cfg: SiirlConfig) -> None:

@@ -14,7 +14,7 @@ def greedy_correct(engine, tokenizer, task, problems, max_new_tokens: int) -> in
     out = engine.generate([tokenizer(p.prompt)["input_ids"] for p in problems],
                           SamplingConfig(n=1, greedy=True, max_new_tokens=max_new_tokens), seed=0)
     texts = [tokenizer.decode(r, skip_special_tokens=True) for r in out.response_ids]
-    return int(sum(task.score(t, p.answer, f) for t, p, f in zip(texts, problems, out.finished)))
+    return int(sum(task.score(t, p, f) for t, p, f in zip(texts, problems, out.finished)))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -50,13 +50,23 @@ def sampled_metrics(correct: Sequence[Sequence[bool]], answers: Sequence[Sequenc
 
 
 def evaluate_sampled(engine, tokenizer, task, problems, sampling: SamplingConfig, ks: Sequence[int],
-                     seed: int) -> dict[str, float]:
-    """Sample `sampling.n` responses per problem and score them with the task's verifier."""
+                     seed: int) -> dict[str, tuple[dict[str, float], int]]:
+    """Sample `sampling.n` responses per problem, score them with the task's verifier, and
+    return {data source: (mean@n, best@n, pass@k, maj@n, number of prompts)}."""
     out = engine.generate([tokenizer(p.prompt)["input_ids"] for p in problems], sampling, seed=seed)
     correct: list[list[bool]] = [[] for _ in problems]
     answers: list[list[Optional[str]]] = [[] for _ in problems]
     for ids, finished, g in zip(out.response_ids, out.finished, out.group_index):
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        correct[g].append(task.score(text, problems[g].answer, finished) > 0)
+        correct[g].append(task.score(text, problems[g], finished) > 0)
         answers[g].append(task.answer_of(text, finished))
-    return sampled_metrics(correct, answers, [p.answer for p in problems], ks)
+    by_source: dict[str, list[int]] = {}
+    for i, p in enumerate(problems):
+        by_source.setdefault(p.data_source or task.name, []).append(i)
+    results = {}
+    for source, idx in by_source.items():
+        m = sampled_metrics([correct[i] for i in idx], [answers[i] for i in idx],
+                            [task.answer_of(problems[i].answer, True) for i in idx], ks)
+        m[f"best@{sampling.n}"] = sum(any(correct[i]) for i in idx) / len(idx)  # pass@n
+        results[source] = (m, len(idx))
+    return results

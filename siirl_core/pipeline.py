@@ -14,7 +14,7 @@ import torch
 from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, masked_mean
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
-from siirl_core.rewards import score_responses
+from siirl_core.rewards import add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.logprobs import compute_logprobs, forward_response_logprobs
@@ -70,11 +70,24 @@ def node_rollout(w, ctx, bag):
     bag.add("perf/rollout_tokens", sum(lengths), reduce="sum")
 
 
+def reward_samples(w, ctx, texts: list[str]) -> list[dict]:
+    """The reward function's inputs, one per sample, with an id naming step, rank and prompt."""
+    rb, out = ctx["rollout"], []
+    for j, (text, g, finished) in enumerate(zip(texts, rb.group_index, rb.finished)):
+        p = ctx["problems"][g]
+        sid = f"step {ctx['step']} rank {w.rank} prompt {g}" + (f" ({p.uid})" if p.uid else "") + f" sample {j}"
+        out.append({"data_source": p.data_source or w.task.name, "solution_str": text, "ground_truth": p.truth,
+                    "extra_info": dict(p.extra_info, finished=finished, id=sid)})
+    return out
+
+
 def node_reward(w, ctx, bag):
     rb = ctx["rollout"]
     texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in rb.response_ids]
-    answers = [ctx["problems"][g].answer for g in rb.group_index]
-    rewards, acc = score_responses(w.task, texts, answers, rb.finished, w.cfg.task.format_reward)
+    scored = w.reward.score(reward_samples(w, ctx, texts))
+    rewards, acc = add_format_bonus(w.task, texts, rb.finished, scored, w.cfg.task.format_reward), scored.accuracies
+    bag.add("reward/errors", scored.errors, reduce="sum")
+    bag.add("reward/timeouts", scored.timeouts, reduce="sum")
     ctx["scores"] = torch.tensor(rewards, dtype=torch.float32)
     n = len(rewards)
     bag.add("reward/mean", sum(rewards) / n, weight=n)

@@ -22,7 +22,9 @@ from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_proc
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
-from siirl_core.evaluation import greedy_correct
+from siirl_core.evaluation import evaluate_sampled, greedy_correct
+from siirl_core.rollout.base import SamplingConfig
+from siirl_core.rewards import build_reward_scorer
 from siirl_core.rng import load_rng_state, save_rng_state
 from siirl_core.version import code_version
 
@@ -51,8 +53,9 @@ class RankWorker:
         init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
                            local_world_size=self.local_world_size, timeout_s=cfg.cluster.collective_timeout_s)
         self._seed_everything(cfg.trainer.seed)
-        self.task = build_task(cfg.task)
         self.tokenizer = load_tokenizer(self.model_path)
+        self.task = build_task(cfg.task, self.tokenizer)
+        self.reward = build_reward_scorer(cfg.reward, self.task)
         module = load_causal_lm(self.model_path)
         self.actor = self._build_actor(module)
         self.ref_module = None
@@ -127,7 +130,8 @@ class RankWorker:
 
     # --- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict:
-        """Greedy exact-match accuracy on the held-out set (sharded over ranks)."""
+        """Greedy exact-match accuracy on the held-out set (sharded over ranks); with
+        evaluate.during_training, also mean@n, best@n, maj@n and pass@k per data source."""
         problems = self.task.eval_set()
         k = math.ceil(len(problems) / self.world_size)
         mine = problems[self.rank * k:(self.rank + 1) * k]
@@ -137,7 +141,22 @@ class RankWorker:
             bag.add("val/accuracy", correct / len(mine), weight=len(mine))
         else:
             bag.add("val/accuracy", 0.0, weight=0.0)
+        if self.cfg.evaluate.during_training:
+            self._sampled_validation(mine, bag)
         return bag.reduce()
+
+    def _sampled_validation(self, mine: list, bag: MetricBag) -> None:
+        ev = self.cfg.evaluate
+        sampling = SamplingConfig(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
+                                  max_new_tokens=self.cfg.rollout.max_new_tokens)
+        results = evaluate_sampled(self.rollout, self.tokenizer, self.task, mine, sampling, ev.pass_k,
+                                   ev.seed * 1_009 + self.rank) if mine else {}
+        # Every rank adds every source's keys (weight 0 where it has none), so the
+        # cross-rank reduction sees the same keys everywhere.
+        for source in sorted({p.data_source or self.task.name for p in self.task.eval_set()}):
+            scores, count = results.get(source, ({}, 0))
+            for name in [f"mean@{ev.n}", f"best@{ev.n}", f"maj@{ev.n}"] + [f"pass@{k}" for k in ev.pass_k]:
+                bag.add(f"val/{source}/{name}", scores.get(name, 0.0), weight=float(count))
 
     # --- checkpoints --------------------------------------------------------
     def save(self, root_uri: str, metrics: dict) -> str:

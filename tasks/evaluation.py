@@ -55,16 +55,20 @@ def sample_and_score(cfg: SiirlConfig, model_dir: str) -> dict:
     from siirl_core.models import load_tokenizer
     from siirl_core.rollout.base import SamplingConfig
 
-    ev, task_ = cfg.evaluate, build_task(cfg.task)
+    ev = cfg.evaluate
     tokenizer = load_tokenizer(model_dir)
+    task_ = build_task(cfg.task, tokenizer)
     engine = _rollout_engine(cfg, model_dir, tokenizer)
     problems = task_.eval_set()
     sampling = SamplingConfig(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
-    scores = evaluate_sampled(engine, tokenizer, task_, problems, sampling, ev.pass_k, ev.seed)
-    scores["greedy"] = greedy_correct(engine, tokenizer, task_, problems, cfg.rollout.max_new_tokens) / len(problems)
-    results = {f"val/{task_.name}/{k}": v for k, v in scores.items()}
-    results[f"val/{task_.name}/prompts"] = len(problems)
+    results = {}
+    for source, (scores, count) in evaluate_sampled(engine, tokenizer, task_, problems, sampling, ev.pass_k,
+                                                    ev.seed).items():
+        mine = [p for p in problems if (p.data_source or task_.name) == source]
+        scores["greedy"] = greedy_correct(engine, tokenizer, task_, mine, cfg.rollout.max_new_tokens) / count
+        results.update({f"val/{source}/{k}": v for k, v in scores.items()})
+        results[f"val/{source}/prompts"] = count
     return results
 
 

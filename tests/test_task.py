@@ -1,5 +1,5 @@
 from siirl_core.data import ArithmeticTask, shard
-from siirl_core.rewards import score_responses
+from siirl_core.rewards import RewardScorer, add_format_bonus, exact_match
 
 
 def test_train_batches_are_a_function_of_seed_and_step():
@@ -32,8 +32,11 @@ def test_shards_cover_the_batch_exactly_once():
 
 def test_exact_match_needs_the_answer_and_eos():
     task = ArithmeticTask()
-    rewards, acc = score_responses(task, ["47", "47", "48", "4x"], ["47"] * 4, [True, False, True, True],
-                                   format_weight=0.1)
+    texts, finished = ["47", "47", "48", "4x"], [True, False, True, True]
+    scorer = RewardScorer(exact_match, "exact_match", {}, False, 5.0, "score", 0.0)
+    scored = scorer.score([{"data_source": "arithmetic", "solution_str": t, "ground_truth": "47",
+                            "extra_info": {"finished": f, "id": str(i)}} for i, (t, f) in enumerate(zip(texts, finished))])
+    acc, rewards = scored.accuracies, add_format_bonus(task, texts, finished, scored, 0.1)
     assert acc == [1.0, 0.0, 0.0, 0.0]
     # The format bonus goes to a well-formed wrong answer only.
     assert rewards == [1.0, 0.0, 0.1, 0.0]

@@ -1,24 +1,18 @@
-"""Rule-based rewards. A reward function maps (task, response text, answer,
-finished) to a float; registered by name so configs and users can pick one."""
+"""Rewards: a registry of rule rewards with verl's signature, user functions by path,
+and a scorer that runs them with timeouts and error handling."""
 from __future__ import annotations
 
-from siirl_core.algorithms.registry import Registry
-
-REWARDS = Registry("reward function")
-
-
-@REWARDS.register("exact_match")
-def exact_match(task, response: str, answer: str, finished: bool) -> float:
-    return task.score(response, answer, finished)
+from siirl_core.rewards.builtin import REWARDS, exact_match, extract_numeric_answer
+from siirl_core.rewards.scorer import RewardError, RewardScorer, Scored, add_format_bonus
+from siirl_core.rewards.user import RewardFunctionError, load_reward_function
 
 
-def score_responses(task, responses: list[str], answers: list[str], finished: list[bool],
-                    format_weight: float = 0.0) -> tuple[list[float], list[float]]:
-    """Returns (rewards, accuracies): accuracy is exact match; the reward adds the
-    optional format bonus for well-formed but wrong answers."""
-    acc = [exact_match(task, r, a, f) for r, a, f in zip(responses, answers, finished)]
-    if format_weight == 0:
-        return list(acc), acc
-    rewards = [x if x else format_weight * float(task.format_ok(r, f))
-               for x, r, f in zip(acc, responses, finished)]
-    return rewards, acc
+def build_reward_scorer(reward_cfg, task) -> RewardScorer:
+    """The scorer for reward.function ("auto": the task's own verifier)."""
+    name = task.default_reward if reward_cfg.function == "auto" else reward_cfg.function
+    fn = load_reward_function(name, reward_cfg.batched, reward_cfg.kwargs)
+    return RewardScorer(fn, name, reward_cfg.kwargs, reward_cfg.batched, reward_cfg.timeout_s,
+                        reward_cfg.on_error, reward_cfg.error_score)
+
+__all__ = ["build_reward_scorer", "REWARDS", "RewardError", "RewardFunctionError", "RewardScorer", "Scored", "add_format_bonus", "exact_match", "extract_numeric_answer",
+           "load_reward_function"]

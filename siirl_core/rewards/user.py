@@ -1,0 +1,69 @@
+"""Resolving `reward.function`: a registered name, or a user's function given as
+`package.module:function` or `path/to/file.py:function`. Every problem is reported
+with the config key and what was expected, before any model is loaded."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+from typing import Callable
+
+from siirl_core.rewards.builtin import REWARDS
+
+SIGNATURE = "(data_source, solution_str, ground_truth, extra_info, **kwargs)"
+
+
+class RewardFunctionError(ValueError):
+    """reward.function cannot be used; the message says why."""
+
+
+def _module_from_file(path: str, spec_text: str):
+    if not os.path.isfile(path):
+        raise RewardFunctionError(f"reward.function={spec_text!r}: file {path!r} does not exist")
+    name = "siirl_user_reward_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's file failed to import: say so, with the cause
+        raise RewardFunctionError(f"reward.function={spec_text!r}: importing {path} failed: "
+                                  f"{type(err).__name__}: {err}") from err
+    return module
+
+
+def _module_by_name(name: str, spec_text: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise RewardFunctionError(f"reward.function={spec_text!r}: cannot import module {name!r} ({err})") from err
+
+
+def load_reward_function(spec_text: str, batched: bool = False, kwargs: dict | None = None) -> Callable:
+    """The callable named by reward.function, checked to accept the reward signature."""
+    if spec_text in REWARDS:
+        fn = REWARDS.get(spec_text)
+    elif ":" in spec_text:
+        where, attr = spec_text.rsplit(":", 1)
+        module = _module_from_file(where, spec_text) if where.endswith(".py") else _module_by_name(where, spec_text)
+        fn = getattr(module, attr, None)
+        if fn is None:
+            names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+            raise RewardFunctionError(f"reward.function={spec_text!r}: {where} has no {attr!r}; "
+                                      f"it defines {sorted(names)}")
+        if not callable(fn):
+            raise RewardFunctionError(f"reward.function={spec_text!r}: {attr!r} is not a function")
+    else:
+        raise RewardFunctionError(f"reward.function={spec_text!r} is not a registered reward "
+                                  f"({', '.join(REWARDS.names())}) nor 'module:function' / 'file.py:function'")
+    try:
+        inspect.signature(fn).bind([] if batched else "", [] if batched else "", None, [] if batched else {},
+                                   **(kwargs or {}))
+    except TypeError as err:
+        form = "batched (lists of each)" if batched else "per-sample"
+        raise RewardFunctionError(f"reward.function={spec_text!r} must accept the {form} signature {SIGNATURE} "
+                                  f"with reward.kwargs={kwargs or {}}: {err}") from None
+    except ValueError:
+        pass  # builtins without an inspectable signature: trust them
+    return fn
