@@ -70,11 +70,32 @@ class AlgorithmConfig:
     policy_loss: str = "vanilla"
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
+    # Dual-clip bound for negative advantages (vanilla loss); must be > 1.
+    clip_ratio_c: float = 3.0
     loss_agg_mode: str = "token-mean"
-    # 0 disables the KL term and the reference model is never loaded.
+    # KL to the reference as a loss term; 0 disables it (and, without kl_in_reward,
+    # the reference model is never loaded).
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    # KL to the reference subtracted from the per-token rewards instead (REINFORCE++, PPO).
+    kl_in_reward: bool = False
+    kl_reward_coef: float = 0.001
+    # fixed, or adaptive (steered towards kl_target over kl_horizon samples).
+    kl_ctrl: str = "fixed"
+    kl_target: float = 0.1
+    kl_horizon: float = 10000.0
     entropy_coef: float = 0.0
+    # Discount and GAE lambda for token-level estimators (gae, reinforce_plus_plus).
+    gamma: float = 1.0
+    lam: float = 1.0
+    # Truncated importance sampling for the rollout engine's log-probs differing from the
+    # trainer's: auto = on when rollout.backend is not the trainer's own model (vllm).
+    rollout_correction: str = "auto"
+    tis_cap: float = 2.0
+    # The iteration's nodes in order: built-in names (rollout, reward, remax_baseline,
+    # old_logprobs, ref_logprobs, advantage, update, sync) and user nodes
+    # `pkg.module:fn` / `file.py:fn` called as fn(worker, ctx, bag). Empty: the default.
+    pipeline: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -232,6 +253,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     _one_of("algorithm.loss_agg_mode", cfg.algorithm.loss_agg_mode, LOSS_AGG_MODES.names())
     _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS.names())
     _one_of("trainer.zero_stage", cfg.trainer.zero_stage, {0, 1, 2, 3})
+    _validate_algorithm(cfg)
     _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
     _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
     _one_of("storage.on_save_error", cfg.storage.on_save_error, {"stop", "continue"})
@@ -283,6 +305,35 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
                           "or a checkpoint folder (local path or s3:// URI)")
     return cfg
+
+
+def _validate_algorithm(cfg: SiirlConfig) -> None:
+    a = cfg.algorithm
+    _one_of("algorithm.kl_ctrl", a.kl_ctrl, {"fixed", "adaptive"})
+    _one_of("algorithm.rollout_correction", a.rollout_correction, {"auto", "on", "off"})
+    if a.clip_ratio_c <= 1:
+        raise ConfigError(f"algorithm.clip_ratio_c={a.clip_ratio_c}: the dual-clip bound must be > 1")
+    if a.kl_estimator == "full":
+        raise ConfigError("algorithm.kl_estimator=full needs full-vocabulary log-probs, which training does not "
+                          "compute yet; use k1, k2, k3 or abs")
+    for key in ("tis_cap", "kl_target", "kl_horizon"):
+        _positive(f"algorithm.{key}", getattr(a, key))
+    for key in ("gamma", "lam"):
+        if not 0 <= getattr(a, key) <= 1:
+            raise ConfigError(f"algorithm.{key}={getattr(a, key)}: expected a number in [0, 1]")
+    if a.adv_estimator in ("rloo", "reinforce_plus_plus_baseline") and cfg.rollout.n < 2:
+        raise ConfigError(f"rollout.n must be >= 2 for algorithm.adv_estimator={a.adv_estimator} (group baselines)")
+    if a.pipeline:
+        from siirl_core.pipeline import resolve_pipeline
+        from siirl_core.rewards import RewardFunctionError
+
+        try:
+            resolve_pipeline(cfg)
+        except (ValueError, RewardFunctionError) as err:
+            raise ConfigError(str(err)) from None
+    if a.adv_estimator == "gae":
+        raise ConfigError("algorithm.adv_estimator=gae needs a critic, which is not built yet (open work); "
+                          "use grpo, dr_grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline or remax")
 
 
 def _validate_task(cfg: SiirlConfig) -> None:

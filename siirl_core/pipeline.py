@@ -6,12 +6,16 @@ update -> sync. Tensors stay on the rank; only the reduced metrics leave it.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Callable
 
 import torch
 
 from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, masked_mean
+from siirl_core.algorithms.kl import kl_in_reward
+from siirl_core.algorithms.policy_loss import truncated_is_weights
+from siirl_core.distributed import all_gather
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
 from siirl_core.rewards import add_format_bonus
@@ -100,7 +104,21 @@ def node_old_logprobs(w, ctx, bag):
                                             w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
     # Mismatch between the rollout engine's and the trainer's log-probs of the same tokens.
     diff = (ctx["old_log_probs"] - t["rollout_log_probs"]).abs()
-    bag.add("rollout/logprob_abs_diff", masked_mean(diff, t["response_mask"]), weight=float(t["response_mask"].sum()))
+    tokens = float(t["response_mask"].sum())
+    bag.add("rollout/logprob_abs_diff", masked_mean(diff, t["response_mask"]), weight=tokens)
+    ctx["is_weights"] = None
+    if rollout_correction_on(w.cfg):
+        ctx["is_weights"], m = truncated_is_weights(ctx["old_log_probs"], t["rollout_log_probs"], t["response_mask"],
+                                                    cap=w.cfg.algorithm.tis_cap)
+        for k, v in m.items():
+            bag.add(f"rollout/{k}", v, weight=tokens)
+
+
+def rollout_correction_on(cfg) -> bool:
+    """Truncated importance sampling against the rollout engine's log-probs: on by default
+    when the rollout engine is not the trainer's own model (vLLM)."""
+    mode = cfg.algorithm.rollout_correction
+    return mode == "on" or (mode == "auto" and cfg.rollout.backend != "hf")
 
 
 def node_ref_logprobs(w, ctx, bag):
@@ -112,11 +130,46 @@ def node_ref_logprobs(w, ctx, bag):
                                             w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
 
 
+def node_remax_baseline(w, ctx, bag):
+    """ReMax's baseline: the reward of each prompt's greedy response, for every sample of it."""
+    cfg, rb = w.cfg, ctx["rollout"]
+    prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in ctx["problems"]]
+    greedy = w.rollout.generate(prompt_ids, SamplingConfig(n=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens),
+                                seed=0)
+    texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in greedy.response_ids]
+    base_ctx = {"rollout": greedy, "problems": ctx["problems"], "step": ctx["step"]}
+    scored = w.reward.score(reward_samples(w, base_ctx, texts))
+    base = torch.tensor(scored.rewards, dtype=torch.float32)  # [prompts]
+    ctx["baseline_scores"] = base[torch.tensor(rb.group_index)]  # [B]
+    bag.add("reward/greedy_baseline_mean", float(base.mean()), weight=len(base))
+
+
+def outcome_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's score on its last response token, 0 elsewhere: [B] -> [B, R]."""
+    last = (response_mask.sum(-1).long() - 1).clamp_min(0)  # [B]
+    out = torch.zeros_like(response_mask)
+    out[torch.arange(len(scores)), last] = scores * response_mask[torch.arange(len(scores)), last]
+    return out
+
+
 def node_advantage(w, ctx, bag):
+    """The configured estimator, given whichever of its optional inputs it asks for."""
     algo = w.cfg.algorithm
     t = ctx["tensors"]
+    token_rewards = outcome_token_rewards(ctx["scores"], t["response_mask"])  # [B, R]
+    if algo.kl_in_reward:
+        token_rewards, kl = kl_in_reward(token_rewards, ctx["old_log_probs"], ctx["ref_log_probs"],
+                                         t["response_mask"], coef=w.kl_ctrl.value, estimator=algo.kl_estimator)
+        batch_kl = sum(all_gather(float(kl))) / w.world_size  # every rank steers the same coefficient
+        bag.add("actor/reward_kl", float(kl), weight=float(t["response_mask"].sum()))
+        bag.add("actor/reward_kl_coef", w.kl_ctrl.value)
+        w.kl_ctrl.update(batch_kl, n_steps=len(ctx["scores"]) * w.world_size)
+    available = {"norm_by_std": algo.norm_adv_by_std, "token_rewards": token_rewards, "values": ctx.get("values"),
+                 "baseline_scores": ctx.get("baseline_scores"), "gamma": algo.gamma, "lam": algo.lam}
     estimator = ADVANTAGE_ESTIMATORS.get(algo.adv_estimator)
-    kwargs = {"norm_by_std": algo.norm_adv_by_std} if algo.adv_estimator == "grpo" else {}
+    wanted = inspect.signature(estimator).parameters
+    kwargs = {k: v for k, v in available.items() if k in wanted and v is not None}
+    ctx["token_rewards"] = token_rewards
     ctx["advantages"] = estimator(ctx["scores"], t["group_index"], t["response_mask"], **kwargs)  # [B, R]
 
 
@@ -138,8 +191,9 @@ def node_update(w, ctx, bag):
                 lp, ent = forward_response_logprobs(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro],
                                                    t["response_len"], cfg.rollout.temperature, with_entropy=True)
                 ref = ctx["ref_log_probs"][micro] if ctx["ref_log_probs"] is not None else None
+                isw = ctx["is_weights"][micro] if ctx.get("is_weights") is not None else None
                 loss, m = policy_loss_terms(lp, ent, ctx["old_log_probs"][micro], ref, ctx["advantages"][micro],
-                                            t["response_mask"][micro], cfg.algorithm)
+                                            t["response_mask"][micro], cfg.algorithm, is_weights=isw)
                 # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
                 w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
                 weight = float(t["response_mask"][micro].sum())
@@ -156,16 +210,40 @@ def node_sync(w, ctx, bag):
 
 
 NODES: dict[str, Callable] = {
-    "rollout": node_rollout, "reward": node_reward, "old_logprobs": node_old_logprobs,
-    "ref_logprobs": node_ref_logprobs, "advantage": node_advantage, "update": node_update, "sync": node_sync,
+    "rollout": node_rollout, "reward": node_reward, "remax_baseline": node_remax_baseline,
+    "old_logprobs": node_old_logprobs, "ref_logprobs": node_ref_logprobs, "advantage": node_advantage,
+    "update": node_update, "sync": node_sync,
 }
 
 
-def run_iteration(worker, step: int, nodes=DEFAULT_GRPO_PIPELINE) -> MetricBag:
+def default_pipeline(cfg) -> tuple[str, ...]:
+    if cfg.algorithm.adv_estimator == "remax":
+        return ("rollout", "reward", "remax_baseline") + DEFAULT_GRPO_PIPELINE[2:]
+    return DEFAULT_GRPO_PIPELINE
+
+
+def resolve_pipeline(cfg) -> list[Callable]:
+    """algorithm.pipeline: node names and user nodes (`pkg.module:fn` or `file.py:fn`, each
+    called as fn(worker, ctx, bag)) in order; empty means the algorithm's default graph."""
+    from siirl_core.rewards.user import load_callable
+
+    out = []
+    for entry in cfg.algorithm.pipeline or default_pipeline(cfg):
+        if entry in NODES:
+            out.append(_timed(entry, NODES[entry]))
+        elif ":" in entry:
+            out.append(_timed(entry.rsplit(":", 1)[1], load_callable(entry, "algorithm.pipeline")))
+        else:
+            raise ValueError(f"algorithm.pipeline entry {entry!r} is neither a built-in node "
+                             f"({', '.join(NODES)}) nor 'module:function' / 'file.py:function'")
+    return out
+
+
+def run_iteration(worker, step: int, nodes: list[Callable]) -> MetricBag:
     bag = MetricBag()
     ctx = {"step": step}
     t0 = time.perf_counter()
-    for name in nodes:
-        _timed(name, NODES[name])(worker, ctx, bag)
+    for node in nodes:
+        node(worker, ctx, bag)
     bag.add("timing_s/iteration", time.perf_counter() - t0, reduce="max")
     return bag

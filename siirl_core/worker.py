@@ -21,14 +21,21 @@ from siirl_core.data import build_task, shard
 from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_process_group
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
-from siirl_core.pipeline import DEFAULT_GRPO_PIPELINE, run_iteration
+from siirl_core.pipeline import resolve_pipeline, run_iteration
 from siirl_core.evaluation import evaluate_sampled, greedy_correct
 from siirl_core.rollout.base import SamplingConfig
+from siirl_core.algorithms.kl import AdaptiveKLController, FixedKLController
 from siirl_core.rewards import build_reward_scorer
 from siirl_core.rng import load_rng_state, save_rng_state
 from siirl_core.version import code_version
 
 log = logging.getLogger("siirl.worker")
+
+
+def build_kl_controller(algo):
+    if algo.kl_ctrl == "adaptive":
+        return AdaptiveKLController(algo.kl_reward_coef, algo.kl_target, algo.kl_horizon)
+    return FixedKLController(algo.kl_reward_coef)
 
 
 class CheckpointSaveError(RuntimeError):
@@ -59,9 +66,11 @@ class RankWorker:
         module = load_causal_lm(self.model_path)
         self.actor = self._build_actor(module)
         self.ref_module = None
-        if cfg.algorithm.kl_coef > 0:  # coefficient 0: no reference model at all
+        if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
             self.ref_module = load_causal_lm(self.model_path).eval().requires_grad_(False)
         self.rollout = self._build_rollout()
+        self.kl_ctrl = build_kl_controller(cfg.algorithm)
+        self.pipeline = resolve_pipeline(cfg)
         self.ready = True
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
                 "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
@@ -103,7 +112,7 @@ class RankWorker:
             raise RuntimeError(f"rank {self.rank}: step {step} already applied (at step {self.step})")
         metrics = {}
         while self.step < step:
-            bag = run_iteration(self, self.step + 1, DEFAULT_GRPO_PIPELINE)
+            bag = run_iteration(self, self.step + 1, self.pipeline)
             self.step += 1
             if self.step == self.cfg.trainer.fail_at_step and self._fail_once():
                 raise RuntimeError(f"trainer.fail_at_step={self.step}: stopping as configured")
@@ -172,7 +181,8 @@ class RankWorker:
             if self.rank == 0:
                 with open(os.path.join(staging, "state.json"), "w") as f:
                     # Prompts are a function of (seed, step): the next step is the data position.
-                    json.dump({"step": self.step, "next_data_step": self.step + 1}, f)
+                    json.dump({"step": self.step, "next_data_step": self.step + 1,
+                               "kl_reward_coef": self.kl_ctrl.value}, f)
             try:
                 files, error = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries), ""
             except OSError as err:
@@ -198,7 +208,7 @@ class RankWorker:
             return f"zero_pp_rank_{self.rank}_" in rel
         if rel.startswith("rng_rank"):
             return rel == f"rng_rank{self.rank}.safetensors"
-        return rel.startswith("engine/")
+        return rel.startswith("engine/") or rel == "state.json"
 
     def restore(self, folder: str, step: int) -> int:
         st = self.cfg.storage
@@ -223,6 +233,9 @@ class RankWorker:
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
             self.actor.set_base_lr(self.cfg.trainer.lr)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
+            with open(os.path.join(staging, "state.json")) as f:
+                # The adaptive KL coefficient moves every step; the replay must start where it was.
+                self.kl_ctrl.value = json.load(f).get("kl_reward_coef", self.kl_ctrl.value)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.rollout.sync_weights(self.actor.named_weights())

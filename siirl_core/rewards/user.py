@@ -19,25 +19,40 @@ class RewardFunctionError(ValueError):
     """reward.function cannot be used; the message says why."""
 
 
-def _module_from_file(path: str, spec_text: str):
+def _module_from_file(path: str, label: str):
     if not os.path.isfile(path):
-        raise RewardFunctionError(f"reward.function={spec_text!r}: file {path!r} does not exist")
+        raise RewardFunctionError(f"{label}: file {path!r} does not exist")
     name = "siirl_user_reward_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # the user's file failed to import: say so, with the cause
-        raise RewardFunctionError(f"reward.function={spec_text!r}: importing {path} failed: "
+        raise RewardFunctionError(f"{label}: importing {path} failed: "
                                   f"{type(err).__name__}: {err}") from err
     return module
 
 
-def _module_by_name(name: str, spec_text: str):
+def _module_by_name(name: str, label: str):
     try:
         return importlib.import_module(name)
     except ImportError as err:
-        raise RewardFunctionError(f"reward.function={spec_text!r}: cannot import module {name!r} ({err})") from err
+        raise RewardFunctionError(f"{label}: cannot import module {name!r} ({err})") from err
+
+
+def load_callable(spec_text: str, key: str) -> Callable:
+    """A function given as `package.module:function` or `path/to/file.py:function`;
+    errors name the config key."""
+    where, attr = spec_text.rsplit(":", 1)
+    label = f"{key}={spec_text!r}"
+    module = _module_from_file(where, label) if where.endswith(".py") else _module_by_name(where, label)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise RewardFunctionError(f"{label}: {where} has no {attr!r}; it defines {sorted(names)}")
+    if not callable(fn):
+        raise RewardFunctionError(f"{label}: {attr!r} is not a function")
+    return fn
 
 
 def load_reward_function(spec_text: str, batched: bool = False, kwargs: dict | None = None) -> Callable:
@@ -45,15 +60,7 @@ def load_reward_function(spec_text: str, batched: bool = False, kwargs: dict | N
     if spec_text in REWARDS:
         fn = REWARDS.get(spec_text)
     elif ":" in spec_text:
-        where, attr = spec_text.rsplit(":", 1)
-        module = _module_from_file(where, spec_text) if where.endswith(".py") else _module_by_name(where, spec_text)
-        fn = getattr(module, attr, None)
-        if fn is None:
-            names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-            raise RewardFunctionError(f"reward.function={spec_text!r}: {where} has no {attr!r}; "
-                                      f"it defines {sorted(names)}")
-        if not callable(fn):
-            raise RewardFunctionError(f"reward.function={spec_text!r}: {attr!r} is not a function")
+        fn = load_callable(spec_text, "reward.function")
     else:
         raise RewardFunctionError(f"reward.function={spec_text!r} is not a registered reward "
                                   f"({', '.join(REWARDS.names())}) nor 'module:function' / 'file.py:function'")

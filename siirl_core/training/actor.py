@@ -112,16 +112,18 @@ class DeepSpeedActor:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def policy_loss_terms(log_probs, entropy, old_log_probs, ref_log_probs, advantages, response_mask, algo) -> tuple:
-    """PPO surrogate + KL + entropy bonus for one micro-batch; algo is the AlgorithmConfig."""
+def policy_loss_terms(log_probs, entropy, old_log_probs, ref_log_probs, advantages, response_mask, algo,
+                      is_weights=None) -> tuple:
+    """Policy loss + KL + entropy bonus for one micro-batch; algo is the AlgorithmConfig."""
     loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     pg_loss, metrics = loss_fn(log_probs, old_log_probs, advantages, response_mask,
                                clip_ratio_low=algo.clip_ratio_low, clip_ratio_high=algo.clip_ratio_high,
-                               loss_agg_mode=algo.loss_agg_mode)
+                               clip_ratio_c=algo.clip_ratio_c, loss_agg_mode=algo.loss_agg_mode,
+                               is_weights=is_weights)
     loss = pg_loss
     metrics = {f"actor/{k}": v for k, v in metrics.items()}
     metrics["actor/pg_loss"] = pg_loss.detach()
-    if ref_log_probs is not None:
+    if ref_log_probs is not None and algo.kl_coef > 0:
         kl = aggregate_loss(kl_penalty(log_probs, ref_log_probs, algo.kl_estimator), response_mask,
                             algo.loss_agg_mode)
         loss = loss + algo.kl_coef * kl
