@@ -92,6 +92,14 @@ class AlgorithmConfig:
     # trainer's: auto = on when rollout.backend is not the trainer's own model (vllm).
     rollout_correction: str = "auto"
     tis_cap: float = 2.0
+    # DAPO: keep only groups with differing rewards, sampling fresh prompts for at most
+    # this many rounds per step.
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    # DAPO's soft overlong penalty over the last overlong_buffer tokens before
+    # rollout.max_new_tokens (0: off), down to -overlong_penalty_factor.
+    overlong_buffer: int = 0
+    overlong_penalty_factor: float = 1.0
     # The iteration's nodes in order: built-in names (rollout, reward, remax_baseline,
     # old_logprobs, ref_logprobs, advantage, update, sync) and user nodes
     # `pkg.module:fn` / `file.py:fn` called as fn(worker, ctx, bag). Empty: the default.
@@ -316,6 +324,10 @@ def _validate_algorithm(cfg: SiirlConfig) -> None:
     if a.kl_estimator == "full":
         raise ConfigError("algorithm.kl_estimator=full needs full-vocabulary log-probs, which training does not "
                           "compute yet; use k1, k2, k3 or abs")
+    _positive("algorithm.max_sampling_rounds", a.max_sampling_rounds)
+    if not 0 <= a.overlong_buffer <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"algorithm.overlong_buffer={a.overlong_buffer}: expected 0 (off) up to "
+                          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
     for key in ("tis_cap", "kl_target", "kl_horizon"):
         _positive(f"algorithm.{key}", getattr(a, key))
     for key in ("gamma", "lam"):

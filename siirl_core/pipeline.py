@@ -7,6 +7,7 @@ update -> sync. Tensors stay on the rank; only the reduced metrics leave it.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from typing import Callable
 
@@ -18,11 +19,13 @@ from siirl_core.algorithms.policy_loss import truncated_is_weights
 from siirl_core.distributed import all_gather
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
-from siirl_core.rewards import add_format_bonus
+from siirl_core.algorithms.shaping import overlong_penalty
+from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.logprobs import compute_logprobs, forward_response_logprobs
 
+log = logging.getLogger("siirl.pipeline")
 DEFAULT_GRPO_PIPELINE = ("rollout", "reward", "old_logprobs", "ref_logprobs", "advantage", "update", "sync")
 
 
@@ -54,24 +57,36 @@ def _timed(name: str, fn: Callable) -> Callable:
     return run
 
 
-def node_rollout(w, ctx, bag):
-    cfg = w.cfg
-    t = cfg.trainer
-    problems = shard(w.task.train_batch(t.seed, ctx["step"], t.prompts_per_step, stream=t.data_seed),
-                     w.rank, w.world_size)
+def _generate(w, problems: list, step: int, round_: int = 0) -> RolloutBatch:
+    cfg, t = w.cfg, w.cfg.trainer
     prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in problems]
     sampling = SamplingConfig(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
     # data_seed mixed in below 2**31: vLLM's per-prompt seeds are multiplied up and must stay int64.
-    seed = ((t.seed * 100_003 + ctx["step"]) * 1_009 + w.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
-    ctx["problems"], ctx["rollout"] = problems, w.rollout.generate(prompt_ids, sampling, seed)
-    ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
+    seed = ((t.seed * 100_003 + step) * 1_009 + w.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
+    return w.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919)
+
+
+def _my_prompts(w, step: int, round_: int = 0) -> list:
+    t = w.cfg.trainer
+    stream = t.data_seed if round_ == 0 else t.data_seed * 1_000 + round_  # extra rounds: fresh prompts
+    return shard(w.task.train_batch(t.seed, step, t.prompts_per_step, stream=stream), w.rank, w.world_size)
+
+
+def _record_rollout(ctx, bag) -> None:
     lengths = [len(r) for r in ctx["rollout"].response_ids]
     n = len(lengths)
     bag.add("response/length_mean", sum(lengths) / n, weight=n)
     bag.add("response/length_max", max(lengths), reduce="max")
     bag.add("response/finished_frac", sum(ctx["rollout"].finished) / n, weight=n)
     bag.add("perf/rollout_tokens", sum(lengths), reduce="sum")
+
+
+def node_rollout(w, ctx, bag):
+    problems = _my_prompts(w, ctx["step"])
+    ctx["problems"], ctx["rollout"] = problems, _generate(w, problems, ctx["step"])
+    ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
+    _record_rollout(ctx, bag)
 
 
 def reward_samples(w, ctx, texts: list[str]) -> list[dict]:
@@ -85,17 +100,87 @@ def reward_samples(w, ctx, texts: list[str]) -> list[dict]:
     return out
 
 
-def node_reward(w, ctx, bag):
-    rb = ctx["rollout"]
+def score_rollout(w, ctx) -> tuple[list[float], list[float], object]:
+    """(rewards, accuracies, Scored) of ctx's rollout: the reward function, the format
+    bonus and DAPO's overlong penalty."""
+    rb, cfg = ctx["rollout"], w.cfg
     texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in rb.response_ids]
     scored = w.reward.score(reward_samples(w, ctx, texts))
-    rewards, acc = add_format_bonus(w.task, texts, rb.finished, scored, w.cfg.task.format_reward), scored.accuracies
-    bag.add("reward/errors", scored.errors, reduce="sum")
-    bag.add("reward/timeouts", scored.timeouts, reduce="sum")
-    ctx["scores"] = torch.tensor(rewards, dtype=torch.float32)
+    rewards = add_format_bonus(w.task, texts, rb.finished, scored, cfg.task.format_reward)
+    if cfg.algorithm.overlong_buffer:
+        lengths = torch.tensor([len(r) + int(f) for r, f in zip(rb.response_ids, rb.finished)])  # EOS counts
+        penalty = overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.algorithm.overlong_buffer,
+                                   cfg.algorithm.overlong_penalty_factor)
+        rewards = [r + float(p) for r, p in zip(rewards, penalty)]
+    return rewards, scored.accuracies, scored
+
+
+def _record_rewards(bag, rewards: list[float], acc: list[float], scored) -> None:
     n = len(rewards)
     bag.add("reward/mean", sum(rewards) / n, weight=n)
     bag.add("reward/accuracy", sum(acc) / n, weight=n)
+    bag.add("reward/errors", scored.errors, reduce="sum")
+    bag.add("reward/timeouts", scored.timeouts, reduce="sum")
+
+
+def node_reward(w, ctx, bag):
+    rewards, acc, scored = score_rollout(w, ctx)
+    ctx["scores"] = torch.tensor(rewards, dtype=torch.float32)
+    _record_rewards(bag, rewards, acc, scored)
+
+
+def _groups(rb: RolloutBatch) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(rb.group_index):
+        out.setdefault(g, []).append(i)
+    return out
+
+
+def node_dynamic_sampling(w, ctx, bag):
+    """DAPO's dynamic sampling: keep only groups whose rewards differ (the others carry no
+    GRPO gradient) and sample fresh prompts until this rank's share is full, for at most
+    algorithm.max_sampling_rounds rounds. At the bound, equal-reward groups fill the rest
+    (advantage 0), so every rank trains on the same number of samples, and a warning says so."""
+    target = len(_my_prompts(w, ctx["step"]))
+    kept, spare = [], []  # (problem, sample rows, rewards, accuracies)
+    errors = timeouts = rounds = 0
+    for round_ in range(w.cfg.algorithm.max_sampling_rounds):
+        rounds += 1
+        problems = _my_prompts(w, ctx["step"], round_)
+        part = {"problems": problems, "rollout": _generate(w, problems, ctx["step"], round_), "step": ctx["step"]}
+        rewards, acc, scored = score_rollout(w, part)
+        errors, timeouts = errors + scored.errors, timeouts + scored.timeouts
+        for g, rows in _groups(part["rollout"]).items():
+            entry = (problems[g], [_row(part["rollout"], i) for i in rows], [rewards[i] for i in rows],
+                     [acc[i] for i in rows])
+            (kept if max(entry[2]) > min(entry[2]) else spare).append(entry)
+        if len(kept) >= target:
+            break
+    bag.add("dapo/kept_group_frac", len(kept) / (target * rounds), weight=target * rounds)
+    bag.add("dapo/sampling_rounds", rounds, reduce="max")
+    bag.add("dapo/batch_filled", float(len(kept) >= target), reduce="min")
+    if len(kept) < target:
+        log.warning("dynamic sampling at step %d (rank %d): only %d of %d groups had differing rewards after "
+                    "%d rounds (algorithm.max_sampling_rounds); %d equal-reward groups fill the batch",
+                    ctx["step"], w.rank, len(kept), target, rounds, target - len(kept))
+    batch = (kept + spare)[:target]
+    ctx["problems"] = [b[0] for b in batch]
+    ctx["rollout"] = RolloutBatch([], [], [], [], [])
+    for g, (_, rows, _, _) in enumerate(batch):
+        for prompt_ids, response_ids, logprobs, finished in rows:
+            for field_, value in zip(("prompt_ids", "response_ids", "response_logprobs", "finished", "group_index"),
+                                     (prompt_ids, response_ids, logprobs, finished, g)):
+                getattr(ctx["rollout"], field_).append(value)
+    rewards = [r for b in batch for r in b[2]]
+    ctx["scores"] = torch.tensor(rewards, dtype=torch.float32)
+    ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
+    _record_rollout(ctx, bag)
+    scored = Scored(rewards, [a for b in batch for a in b[3]], errors, timeouts)
+    _record_rewards(bag, rewards, scored.accuracies, scored)
+
+
+def _row(rb: RolloutBatch, i: int) -> tuple:
+    return rb.prompt_ids[i], rb.response_ids[i], rb.response_logprobs[i], rb.finished[i]
 
 
 def node_old_logprobs(w, ctx, bag):
@@ -210,16 +295,18 @@ def node_sync(w, ctx, bag):
 
 
 NODES: dict[str, Callable] = {
-    "rollout": node_rollout, "reward": node_reward, "remax_baseline": node_remax_baseline,
+    "rollout": node_rollout, "reward": node_reward, "dynamic_sampling": node_dynamic_sampling,
+    "remax_baseline": node_remax_baseline,
     "old_logprobs": node_old_logprobs, "ref_logprobs": node_ref_logprobs, "advantage": node_advantage,
     "update": node_update, "sync": node_sync,
 }
 
 
 def default_pipeline(cfg) -> tuple[str, ...]:
+    first = ("dynamic_sampling",) if cfg.algorithm.dynamic_sampling else ("rollout", "reward")
     if cfg.algorithm.adv_estimator == "remax":
-        return ("rollout", "reward", "remax_baseline") + DEFAULT_GRPO_PIPELINE[2:]
-    return DEFAULT_GRPO_PIPELINE
+        first += ("remax_baseline",)
+    return first + DEFAULT_GRPO_PIPELINE[2:]
 
 
 def resolve_pipeline(cfg) -> list[Callable]:
@@ -246,4 +333,5 @@ def run_iteration(worker, step: int, nodes: list[Callable]) -> MetricBag:
     for node in nodes:
         node(worker, ctx, bag)
     bag.add("timing_s/iteration", time.perf_counter() - t0, reduce="max")
+    worker.last_ctx = ctx  # the last iteration's batch, for inspection on the rank (never sent anywhere)
     return bag

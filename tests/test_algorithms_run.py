@@ -91,3 +91,45 @@ def test_user_node_in_the_pipeline(algo_worker, tmp_path):
     with pytest.raises(ConfigError, match=r"algorithm.pipeline entry 'shuffle' is neither a built-in node"):
         compose_config(["algorithm.pipeline=[rollout,shuffle]"])
     assert torch.isfinite(torch.tensor(m["actor/pg_loss"]))
+
+
+def test_dynamic_sampling_keeps_only_informative_groups(algo_worker):
+    try:
+        m, moved = _run_one(algo_worker, adv_estimator="grpo", policy_loss="vanilla", dynamic_sampling=True,
+                            max_sampling_rounds=4, overlong_buffer=2, overlong_penalty_factor=0.5,
+                            clip_ratio_high=0.28)
+        rewards = algo_worker_last_rewards(algo_worker)
+    finally:
+        _reset(algo_worker)
+    assert m["dapo/batch_filled"] == 1.0 and 1 <= m["dapo/sampling_rounds"] <= 4
+    assert 0 < m["dapo/kept_group_frac"] <= 1
+    # Every kept group has differing rewards: each group's std is > 0.
+    assert all(r.max() > r.min() for r in rewards) and len(rewards) == 8
+    assert moved > 0
+
+
+def test_dynamic_sampling_stops_at_its_bound_and_says_so(algo_worker, caplog):
+    # A constant reward makes every group uninformative: the bound must stop the search.
+    nodes = ["dynamic_sampling", "old_logprobs", "ref_logprobs", "advantage", "update", "sync"]
+    algo_worker.reward.fn, real = (lambda *a, **k: 0.5), algo_worker.reward.fn
+    try:
+        with caplog.at_level("WARNING", logger="siirl.pipeline"):
+            m, _ = _run_one(algo_worker, dynamic_sampling=True, max_sampling_rounds=2, pipeline=nodes)
+    finally:
+        algo_worker.reward.fn = real
+        _reset(algo_worker)
+    assert m["dapo/batch_filled"] == 0.0 and m["dapo/sampling_rounds"] == 2 and m["dapo/kept_group_frac"] == 0
+    assert "only 0 of 8 groups had differing rewards after 2 rounds" in caplog.text
+
+
+def algo_worker_last_rewards(worker) -> list[torch.Tensor]:
+    """The kept groups' rewards of the last iteration (the node leaves them in its context)."""
+    ctx = worker.last_ctx
+    g = ctx["tensors"]["group_index"]
+    return [ctx["scores"][g == i] for i in g.unique()]
+
+
+def _reset(worker) -> None:
+    for k, v in {"dynamic_sampling": False, "overlong_buffer": 0, "clip_ratio_high": 0.2, "pipeline": []}.items():
+        setattr(worker.cfg.algorithm, k, v)
+    worker.pipeline = resolve_pipeline(worker.cfg)

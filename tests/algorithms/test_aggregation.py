@@ -94,3 +94,13 @@ def test_aggregate_rejects_unknown_mode_and_bad_shapes():
     assert "seq-mean-token-mean, seq-mean-token-sum, token-mean" in excinfo.value.args[0]
     with pytest.raises(ValueError):
         aggregate_loss(LOSS, MASK[:, :2], "token-mean")
+
+
+def test_overlong_penalty_by_hand():
+    from siirl_core.algorithms.shaping import overlong_penalty
+
+    # max 8, buffer 4: free up to 4 tokens, then -(L-4)/4 * 0.5 down to -0.5 at 8.
+    got = overlong_penalty(torch.tensor([2, 4, 5, 6, 8]), max_length=8, buffer=4, factor=0.5)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5]))
+    with pytest.raises(ValueError, match="overlong buffer"):
+        overlong_penalty(torch.tensor([1]), max_length=8, buffer=0, factor=1.0)
