@@ -136,6 +136,16 @@ class TrainerConfig:
 
 
 @dataclass
+class CriticConfig:
+    # The value model for algorithm.adv_estimator=gae (PPO): the policy's architecture
+    # with a scalar head; the backbone starts from the policy unless init_from_policy=false.
+    init_from_policy: bool = True
+    lr: float = 1e-3
+    # Clipped value loss: a value estimate moves at most this far per update.
+    value_clip: float = 0.5
+
+
+@dataclass
 class SFTConfig:
     # 450 steps leave the tiny model at roughly 30% greedy accuracy: room for RL to show.
     steps: int = 450
@@ -220,6 +230,7 @@ class SiirlConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -343,9 +354,8 @@ def _validate_algorithm(cfg: SiirlConfig) -> None:
             resolve_pipeline(cfg)
         except (ValueError, RewardFunctionError) as err:
             raise ConfigError(str(err)) from None
-    if a.adv_estimator == "gae":
-        raise ConfigError("algorithm.adv_estimator=gae needs a critic, which is not built yet (open work); "
-                          "use grpo, dr_grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline or remax")
+    _positive("critic.lr", cfg.critic.lr)
+    _positive("critic.value_clip", cfg.critic.value_clip)
 
 
 def _validate_task(cfg: SiirlConfig) -> None:

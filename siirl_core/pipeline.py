@@ -19,10 +19,13 @@ from siirl_core.algorithms.policy_loss import truncated_is_weights
 from siirl_core.distributed import all_gather
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
+from siirl_core.algorithms.advantages import gae_advantages_returns
 from siirl_core.algorithms.shaping import overlong_penalty
+from siirl_core.algorithms.value import clipped_value_loss
 from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.actor import policy_loss_terms
+from siirl_core.training.critic import response_values
 from siirl_core.training.logprobs import compute_logprobs, forward_response_logprobs
 
 log = logging.getLogger("siirl.pipeline")
@@ -256,6 +259,39 @@ def node_advantage(w, ctx, bag):
     kwargs = {k: v for k, v in available.items() if k in wanted and v is not None}
     ctx["token_rewards"] = token_rewards
     ctx["advantages"] = estimator(ctx["scores"], t["group_index"], t["response_mask"], **kwargs)  # [B, R]
+    if ctx.get("values") is not None:  # the critic's targets
+        _, ctx["returns"] = gae_advantages_returns(token_rewards, ctx["values"], t["response_mask"], algo.gamma,
+                                                   algo.lam)
+
+
+def node_values(w, ctx, bag):
+    """The critic's V(s_t) for every response token, before any update this step."""
+    t = ctx["tensors"]
+    ctx["values"] = w.critic.values(t["input_ids"], t["attention_mask"], t["response_len"],
+                                    w.cfg.trainer.micro_batch_size)  # [B, R]
+    bag.add("critic/values_mean", masked_mean(ctx["values"], t["response_mask"]),
+            weight=float(t["response_mask"].sum()))
+
+
+def node_critic_update(w, ctx, bag):
+    """Fit the critic to the GAE returns with the clipped value loss, same epochs and
+    mini-batches as the policy."""
+    cfg, t = w.cfg, ctx["tensors"]
+    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7927 + ctx["step"])
+    for _ in range(cfg.trainer.ppo_epochs):
+        for mb in _minibatches(t["input_ids"].shape[0], cfg.trainer.mini_batches, gen):
+            for micro in mb.split(cfg.trainer.micro_batch_size):
+                v = response_values(w.critic.engine, t["input_ids"][micro], t["attention_mask"][micro],
+                                    t["response_len"])
+                loss, m = clipped_value_loss(v, ctx["values"][micro], ctx["returns"][micro],
+                                             t["response_mask"][micro], clip_range=cfg.critic.value_clip,
+                                             loss_agg_mode=cfg.algorithm.loss_agg_mode)
+                w.critic.actor.micro_step(loss * (len(micro) / len(mb)) * w.critic.actor.grad_accum)
+                weight = float(t["response_mask"][micro].sum())
+                bag.add("critic/vf_loss", loss.detach(), weight=weight)
+                for k, val in m.items():
+                    bag.add(f"critic/{k}", val, weight=weight)
+            bag.add("critic/grad_norm", w.critic.actor.grad_norm())
 
 
 def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -298,7 +334,7 @@ NODES: dict[str, Callable] = {
     "rollout": node_rollout, "reward": node_reward, "dynamic_sampling": node_dynamic_sampling,
     "remax_baseline": node_remax_baseline,
     "old_logprobs": node_old_logprobs, "ref_logprobs": node_ref_logprobs, "advantage": node_advantage,
-    "update": node_update, "sync": node_sync,
+    "update": node_update, "sync": node_sync, "values": node_values, "critic_update": node_critic_update,
 }
 
 
@@ -306,6 +342,8 @@ def default_pipeline(cfg) -> tuple[str, ...]:
     first = ("dynamic_sampling",) if cfg.algorithm.dynamic_sampling else ("rollout", "reward")
     if cfg.algorithm.adv_estimator == "remax":
         first += ("remax_baseline",)
+    if cfg.algorithm.adv_estimator == "gae":
+        return first + ("old_logprobs", "ref_logprobs", "values", "advantage", "update", "critic_update", "sync")
     return first + DEFAULT_GRPO_PIPELINE[2:]
 
 

@@ -69,6 +69,7 @@ class RankWorker:
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
             self.ref_module = load_causal_lm(self.model_path).eval().requires_grad_(False)
         self.rollout = self._build_rollout()
+        self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
         self.kl_ctrl = build_kl_controller(cfg.algorithm)
         self.pipeline = resolve_pipeline(cfg)
         self.ready = True
@@ -91,6 +92,16 @@ class RankWorker:
             total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
             zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
             world_size=self.world_size, grad_clip=t.grad_clip, bf16=torch.cuda.is_available())
+
+    def _build_critic(self):
+        from siirl_core.training.critic import Critic
+
+        t = self.cfg.trainer
+        per_rank = t.prompts_per_step // self.world_size * self.cfg.rollout.n
+        return Critic(self.model_path, init_from_policy=self.cfg.critic.init_from_policy, lr=self.cfg.critic.lr,
+                      zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
+                      grad_accum=math.ceil(per_rank // t.mini_batches / t.micro_batch_size),
+                      world_size=self.world_size, grad_clip=t.grad_clip, bf16=torch.cuda.is_available())
 
     def _build_rollout(self):
         r = self.cfg.rollout
@@ -176,6 +187,8 @@ class RankWorker:
         staging = tempfile.mkdtemp(prefix=f"siirl-save-{self.step}-r{self.rank}-")
         try:
             self.actor.engine.save_checkpoint(os.path.join(staging, "engine"), tag="state")
+            if self.critic is not None:
+                self.critic.engine.save_checkpoint(os.path.join(staging, "critic"), tag="state")
             save_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
             self.export(os.path.join(staging, "policy"))
             if self.rank == 0:
@@ -208,7 +221,7 @@ class RankWorker:
             return f"zero_pp_rank_{self.rank}_" in rel
         if rel.startswith("rng_rank"):
             return rel == f"rng_rank{self.rank}.safetensors"
-        return rel.startswith("engine/") or rel == "state.json"
+        return rel.startswith(("engine/", "critic/")) or rel == "state.json"
 
     def restore(self, folder: str, step: int) -> int:
         st = self.cfg.storage
@@ -232,6 +245,10 @@ class RankWorker:
             self.actor.engine.load_checkpoint(os.path.join(staging, "engine"), tag="state",
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
             self.actor.set_base_lr(self.cfg.trainer.lr)
+            if self.critic is not None:
+                self.critic.engine.load_checkpoint(os.path.join(staging, "critic"), tag="state",
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+                self.critic.actor.set_base_lr(self.cfg.critic.lr)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
             with open(os.path.join(staging, "state.json")) as f:
                 # The adaptive KL coefficient moves every step; the replay must start where it was.

@@ -133,3 +133,18 @@ def _reset(worker) -> None:
     for k, v in {"dynamic_sampling": False, "overlong_buffer": 0, "clip_ratio_high": 0.2, "pipeline": []}.items():
         setattr(worker.cfg.algorithm, k, v)
     worker.pipeline = resolve_pipeline(worker.cfg)
+
+
+def test_ppo_with_a_critic_updates_policy_and_values(algo_worker):
+    algo_worker.critic = algo_worker._build_critic()
+    critic_before = {n: p.detach().clone() for n, p in algo_worker.critic.actor.module.named_parameters()}
+    try:
+        m, moved = _run_one(algo_worker, adv_estimator="gae", lam=0.95)
+    finally:
+        algo_worker.cfg.algorithm.adv_estimator = "grpo"
+        algo_worker.pipeline = resolve_pipeline(algo_worker.cfg)
+    assert "timing_s/critic_update" in m and math.isfinite(m["critic/vf_loss"]) and moved > 0
+    assert 0 <= m["critic/vf_clipfrac"] <= 1
+    critic_moved = max((p.detach() - critic_before[n]).abs().max().item()
+                       for n, p in algo_worker.critic.actor.module.named_parameters())
+    assert critic_moved > 0

@@ -104,3 +104,20 @@ def test_overlong_penalty_by_hand():
     torch.testing.assert_close(got, torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5]))
     with pytest.raises(ValueError, match="overlong buffer"):
         overlong_penalty(torch.tensor([1]), max_length=8, buffer=0, factor=1.0)
+
+
+def test_clipped_value_loss_by_hand():
+    from siirl_core.algorithms.value import clipped_value_loss
+
+    # One sequence, 3 tokens (the last padded). clip 0.2:
+    # t0: V=1.0, V_old=0.5 -> V_clip=0.7, R=1.0: max(0, 0.09)=0.09, clipped term active
+    # t1: V=0.4, V_old=0.5 -> V_clip=0.4, R=0.0: max(0.16, 0.16)=0.16, not counted as clipped
+    # token-mean of 0.5 * [0.09, 0.16] = 0.0625
+    v = torch.tensor([[1.0, 0.4, 9.0]], requires_grad=True)
+    loss, m = clipped_value_loss(v, torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]]),
+                                 torch.tensor([[1.0, 1.0, 0.0]]), clip_range=0.2)
+    assert loss.item() == pytest.approx(0.0625)
+    assert m["vf_clipfrac"].item() == pytest.approx(0.5)
+    loss.backward()
+    # t0's clipped branch is flat in V: no gradient; t1: d/dV 0.5*(V-R)^2 / 2 tokens = 0.4/2.
+    torch.testing.assert_close(v.grad, torch.tensor([[0.0, 0.2, 0.0]]))

@@ -79,5 +79,8 @@ def test_module_registries_hold_the_builtin_entries():
     assert ADVANTAGE_ESTIMATORS.get("dr_grpo") is dr_grpo_advantages
     assert POLICY_LOSSES.get("vanilla") is ppo_clip_loss
     assert KL_ESTIMATORS.get("k3") is kl_k3
-    assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
+    assert KL_ESTIMATORS.names() == ["abs", "full", "k1", "k2", "k3"]
+    assert ADVANTAGE_ESTIMATORS.names() == ["dr_grpo", "gae", "grpo", "reinforce_plus_plus",
+                                            "reinforce_plus_plus_baseline", "remax", "rloo"]
+    assert POLICY_LOSSES.names() == ["cispo", "gmpo", "gpg", "gspo", "vanilla"]
     assert LOSS_AGG_MODES.names() == ["seq-mean-token-mean", "seq-mean-token-sum", "token-mean"]

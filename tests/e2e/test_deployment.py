@@ -58,7 +58,9 @@ def _nightly_retrain_deployment(run, run_dir: str, overrides: list[str]) -> None
     assert verdict["started_from"] == "newest" and verdict["candidate"]["step"] == 6
     assert verdict["date"] == datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     assert ckpt.verify(verdict["candidate"]["folder"]) is not None
-    assert "siirl-retrain-verdict" in run("artifact", "ls").stdout
+    verdict_artifact = run("artifact", "inspect", "siirl-retrain-verdict")
+    assert "candidate" in verdict_artifact.stdout and verdict["date"] in verdict_artifact.stdout, \
+        verdict_artifact.stdout[-2000:]
 
 
 def test_deployment_run_completes(tmp_path, cache_dir):
