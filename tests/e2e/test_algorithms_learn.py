@@ -1,8 +1,9 @@
 """PPO with a critic and DAPO learn: held-out accuracy on arithmetic rises by a stated
 margin from the same warm start as the default run (28.0% here), in a CI budget.
 
-Measured on 2 CPU cores: PPO 28.0% -> 42.6% after 20 iterations, 48.4% after 60;
-DAPO: see MARGINS' comment."""
+Measured on 2 CPU cores (`trainer.eval_every=20`, 60 iterations): PPO 28.0% -> 42.6%
+after 20 iterations, 45.0% after 40, 48.4% after 60; DAPO 28.0% -> 45.4%, 47.0%, 43.6%
+(every step filled its batch of groups with differing rewards within 2 rounds)."""
 import pytest
 
 from tests.e2e.helpers import metrics_by_step, run_siirl, summary
