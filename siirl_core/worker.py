@@ -110,7 +110,7 @@ class RankWorker:
             cores = None if torch.cuda.is_available() else cpu_cores_for(
                 self.local_rank, self.cfg.cluster.threads_per_worker)
             return VLLMRollout(self.model_path, eos_id=self.tokenizer.eos_token_id, seed=self.cfg.trainer.seed,
-                               kv_cache_gib=r.kv_cache_gib, cpu_cores=cores)
+                               kv_cache_gib=r.kv_cache_gib, cpu_cores=cores, enforce_eager=r.enforce_eager)
         from siirl_core.rollout.hf_engine import HFRollout
         return HFRollout(self.actor.module, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id)
 

@@ -79,7 +79,8 @@ def _rollout_engine(cfg: SiirlConfig, model_dir: str, tokenizer):
 
         return VLLMRollout(model_dir, eos_id=tokenizer.eos_token_id, seed=cfg.evaluate.seed,
                            kv_cache_gib=cfg.rollout.kv_cache_gib,
-                           cpu_cores=cpu_cores_for(0, cfg.cluster.threads_per_worker))
+                           cpu_cores=cpu_cores_for(0, cfg.cluster.threads_per_worker),
+                           enforce_eager=cfg.rollout.enforce_eager)
     from siirl_core.models import load_causal_lm
     from siirl_core.rollout.hf_engine import HFRollout
 

@@ -12,7 +12,7 @@ from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
 class VLLMRollout:
     def __init__(self, model_path: str, eos_id: int, seed: int = 0, dtype: str = "float32",
                  max_model_len: int = 128, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
-                 cpu_cores: str | None = None):
+                 cpu_cores: str | None = None, enforce_eager: bool | None = None):
         # In-process engine: no extra processes inside a Dask worker, and direct
         # access to the model runner for weight sync.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -25,7 +25,8 @@ class VLLMRollout:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         from vllm import LLM
 
-        kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
+        kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                      enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager)
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
