@@ -25,14 +25,14 @@ def algo_worker(warm_model, rank_worker):  # rank_worker first: it owns the proc
     return worker
 
 
-def _run_one(worker, **algorithm) -> tuple[dict, float]:
-    """One more iteration with these algorithm settings; returns its metrics and how far
-    the weights moved."""
+def _run_one(worker, iterations: int = 1, **algorithm) -> tuple[dict, float]:
+    """More iterations with these algorithm settings; returns the last one's metrics and
+    how far the weights moved."""
     for k, v in algorithm.items():
         setattr(worker.cfg.algorithm, k, v)
     worker.pipeline = resolve_pipeline(worker.cfg)
     before = {n: p.detach().clone() for n, p in worker.actor.module.named_parameters()}
-    metrics = worker.run_until(worker.step + 1)
+    metrics = worker.run_until(worker.step + iterations)
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.actor.module.named_parameters())
     return metrics, moved
 
@@ -43,7 +43,7 @@ LOSSES = ["vanilla", "gspo", "gmpo", "cispo", "gpg"]
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_each_estimator_updates_with_finite_loss(algo_worker, estimator):
-    m, moved = _run_one(algo_worker, adv_estimator=estimator, policy_loss="vanilla")
+    m, moved = _run_one(algo_worker, iterations=2, adv_estimator=estimator, policy_loss="vanilla")
     assert math.isfinite(m["actor/pg_loss"]) and math.isfinite(m["actor/grad_norm"])
     assert moved > 0
     if estimator == "remax":
@@ -52,7 +52,7 @@ def test_each_estimator_updates_with_finite_loss(algo_worker, estimator):
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_policy_loss_updates_with_finite_loss(algo_worker, loss):
-    m, moved = _run_one(algo_worker, adv_estimator="grpo", policy_loss=loss)
+    m, moved = _run_one(algo_worker, iterations=2, adv_estimator="grpo", policy_loss=loss)
     assert math.isfinite(m["actor/pg_loss"]) and moved > 0
 
 

@@ -40,3 +40,20 @@ def test_exact_match_needs_the_answer_and_eos():
     assert acc == [1.0, 0.0, 0.0, 0.0]
     # The format bonus goes to a well-formed wrong answer only.
     assert rewards == [1.0, 0.0, 0.1, 0.0]
+
+
+def test_countdown_and_reverse_generate_verifiable_problems():
+    from siirl_core.data import CountdownTask, ReverseTask
+
+    cd = CountdownTask(terms=3, max_number=9, operators=("+", "-", "*"))
+    batch = cd.train_batch(0, 1, 16)
+    assert all(cd.score(p.answer, p, True) == 1.0 for p in batch)  # the generator's own equation solves it
+    p = batch[0]
+    assert cd.score(p.answer + "+1", p, True) == 0.0 and cd.score(p.answer, p, False) == 0.0
+    nums = p.ground_truth["numbers"]
+    assert sorted(int(x) for x in p.prompt.split(">")[0].split(",")) == sorted(nums)
+    assert not {q.prompt for q in cd.eval_set()} & {q.prompt for q in cd.train_batch(0, 2, 64)}
+    rv = ReverseTask(min_length=3, max_length=5)
+    for q in rv.train_batch(0, 1, 16):
+        assert q.prompt.endswith("<") and q.answer == q.prompt[:-1][::-1] and rv.score(q.answer, q, True) == 1.0
+    assert set(rv.alphabet) >= set("".join(q.prompt for q in rv.eval_set()))
