@@ -336,9 +336,6 @@ def _validate_algorithm(cfg: SiirlConfig) -> None:
     _one_of("algorithm.rollout_correction", a.rollout_correction, {"auto", "on", "off"})
     if a.clip_ratio_c <= 1:
         raise ConfigError(f"algorithm.clip_ratio_c={a.clip_ratio_c}: the dual-clip bound must be > 1")
-    if a.kl_estimator == "full":
-        raise ConfigError("algorithm.kl_estimator=full needs full-vocabulary log-probs, which training does not "
-                          "compute yet; use k1, k2, k3 or abs")
     _positive("algorithm.max_sampling_rounds", a.max_sampling_rounds)
     if not 0 <= a.overlong_buffer <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"algorithm.overlong_buffer={a.overlong_buffer}: expected 0 (off) up to "

@@ -26,7 +26,8 @@ from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.critic import response_values
-from siirl_core.training.logprobs import compute_logprobs, forward_response_logprobs
+from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
+from siirl_core.training.logprobs import compute_full_logprobs, compute_logprobs, response_logits
 
 log = logging.getLogger("siirl.pipeline")
 DEFAULT_GRPO_PIPELINE = ("rollout", "reward", "old_logprobs", "ref_logprobs", "advantage", "update", "sync")
@@ -214,8 +215,14 @@ def node_ref_logprobs(w, ctx, bag):
         ctx["ref_log_probs"] = None
         return
     t = ctx["tensors"]
-    ctx["ref_log_probs"] = compute_logprobs(w.ref_module, t["input_ids"], t["attention_mask"], t["response_len"],
-                                            w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
+    args = (t["input_ids"], t["attention_mask"], t["response_len"], w.cfg.trainer.micro_batch_size,
+            w.cfg.rollout.temperature)
+    if w.cfg.algorithm.kl_estimator == "full":  # the exact KL compares whole distributions
+        ctx["ref_log_probs"] = compute_full_logprobs(w.ref_module, *args)  # [B, R, V]
+        if w.cfg.algorithm.kl_in_reward:
+            ctx["old_full_log_probs"] = compute_full_logprobs(w.actor.module, *args)
+        return
+    ctx["ref_log_probs"] = compute_logprobs(w.ref_module, *args)
 
 
 def node_remax_baseline(w, ctx, bag):
@@ -246,7 +253,8 @@ def node_advantage(w, ctx, bag):
     t = ctx["tensors"]
     token_rewards = outcome_token_rewards(ctx["scores"], t["response_mask"])  # [B, R]
     if algo.kl_in_reward:
-        token_rewards, kl = kl_in_reward(token_rewards, ctx["old_log_probs"], ctx["ref_log_probs"],
+        policy = ctx["old_full_log_probs"] if algo.kl_estimator == "full" else ctx["old_log_probs"]
+        token_rewards, kl = kl_in_reward(token_rewards, policy, ctx["ref_log_probs"],
                                          t["response_mask"], coef=w.kl_ctrl.value, estimator=algo.kl_estimator)
         batch_kl = sum(all_gather(float(kl))) / w.world_size  # every rank steers the same coefficient
         bag.add("actor/reward_kl", float(kl), weight=float(t["response_mask"].sum()))
@@ -309,12 +317,19 @@ def node_update(w, ctx, bag):
         for mb in _minibatches(n, cfg.trainer.mini_batches, gen):
             micros = list(mb.split(cfg.trainer.micro_batch_size))
             for micro in micros:
-                lp, ent = forward_response_logprobs(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro],
-                                                   t["response_len"], cfg.rollout.temperature, with_entropy=True)
+                logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro],
+                                         t["response_len"], cfg.rollout.temperature)  # [b, R, V]
+                lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:])
+                ent = entropy_from_logits(logits)
+                if cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0:
+                    lp_for_kl = torch.log_softmax(logits, -1)
+                else:
+                    lp_for_kl = lp
                 ref = ctx["ref_log_probs"][micro] if ctx["ref_log_probs"] is not None else None
                 isw = ctx["is_weights"][micro] if ctx.get("is_weights") is not None else None
                 loss, m = policy_loss_terms(lp, ent, ctx["old_log_probs"][micro], ref, ctx["advantages"][micro],
-                                            t["response_mask"][micro], cfg.algorithm, is_weights=isw)
+                                            t["response_mask"][micro], cfg.algorithm, is_weights=isw,
+                                            kl_log_probs=lp_for_kl)
                 # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
                 w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
                 weight = float(t["response_mask"][micro].sum())

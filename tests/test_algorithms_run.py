@@ -148,3 +148,14 @@ def test_ppo_with_a_critic_updates_policy_and_values(algo_worker):
     critic_moved = max((p.detach() - critic_before[n]).abs().max().item()
                        for n, p in algo_worker.critic.actor.module.named_parameters())
     assert critic_moved > 0
+
+
+def test_full_kl_as_loss_and_in_reward(algo_worker):
+    try:
+        m, moved = _run_one(algo_worker, adv_estimator="grpo", kl_coef=0.05, kl_estimator="full", kl_in_reward=False)
+        assert m["actor/kl"] >= 0 and math.isfinite(m["actor/kl"]) and moved > 0
+        m, _ = _run_one(algo_worker, kl_coef=0.0, kl_in_reward=True)
+        assert m["actor/reward_kl"] >= 0 and math.isfinite(m["actor/reward_kl"])
+    finally:
+        for k, v in {"kl_coef": 0.0, "kl_estimator": "k3", "kl_in_reward": True}.items():
+            setattr(algo_worker.cfg.algorithm, k, v)

@@ -113,8 +113,10 @@ class DeepSpeedActor:
 
 
 def policy_loss_terms(log_probs, entropy, old_log_probs, ref_log_probs, advantages, response_mask, algo,
-                      is_weights=None) -> tuple:
-    """Policy loss + KL + entropy bonus for one micro-batch; algo is the AlgorithmConfig."""
+                      is_weights=None, kl_log_probs=None) -> tuple:
+    """Policy loss + KL + entropy bonus for one micro-batch; algo is the AlgorithmConfig.
+    kl_log_probs: what the KL compares with ref_log_probs, when not the sampled tokens'
+    log-probs (whole-vocabulary [B, T, V] for the "full" estimator)."""
     loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     pg_loss, metrics = loss_fn(log_probs, old_log_probs, advantages, response_mask,
                                clip_ratio_low=algo.clip_ratio_low, clip_ratio_high=algo.clip_ratio_high,
@@ -124,7 +126,8 @@ def policy_loss_terms(log_probs, entropy, old_log_probs, ref_log_probs, advantag
     metrics = {f"actor/{k}": v for k, v in metrics.items()}
     metrics["actor/pg_loss"] = pg_loss.detach()
     if ref_log_probs is not None and algo.kl_coef > 0:
-        kl = aggregate_loss(kl_penalty(log_probs, ref_log_probs, algo.kl_estimator), response_mask,
+        policy = log_probs if kl_log_probs is None else kl_log_probs
+        kl = aggregate_loss(kl_penalty(policy, ref_log_probs, algo.kl_estimator), response_mask,
                             algo.loss_agg_mode)
         loss = loss + algo.kl_coef * kl
         metrics["actor/kl"] = kl.detach()

@@ -12,19 +12,35 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def forward_response_logprobs(module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                              response_len: int, temperature: float = 1.0, with_entropy: bool = False):
-    """input_ids [B, P+R] = left-padded prompt then right-padded response.
-    Returns log-probs [B, R] (and entropy [B, R] when asked)."""
+def response_logits(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """input_ids [B, P+R] = left-padded prompt then right-padded response -> the logits
+    that predict each response token, [B, R, V], temperature applied."""
     out = module(input_ids=input_ids, attention_mask=attention_mask,
                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     # Logit at column t predicts token t+1: the response's predictions start one before it.
     logits = out.logits[:, -response_len - 1:-1].float()  # [B, R, V]
-    if temperature != 1.0:
-        logits = logits / temperature
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def forward_response_logprobs(module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              response_len: int, temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probs of the response tokens [B, R] (and entropy [B, R] when asked)."""
+    logits = response_logits(module, input_ids, attention_mask, response_len, temperature)
     log_probs = logprobs_from_logits(logits, input_ids[:, -response_len:])
     entropy = entropy_from_logits(logits) if with_entropy else None
     return log_probs, entropy
+
+
+@torch.no_grad()
+def compute_full_logprobs(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+                          micro_batch_size: int, temperature: float = 1.0) -> torch.Tensor:
+    """Whole-vocabulary log-probs at every response position, [B, R, V]: what the exact
+    ("full") KL needs. Memory grows with the vocabulary size; fine for small vocabularies."""
+    parts = [torch.log_softmax(response_logits(module, input_ids[s:s + micro_batch_size],
+                                               attention_mask[s:s + micro_batch_size], response_len, temperature), -1)
+             for s in range(0, input_ids.shape[0], micro_batch_size)]
+    return torch.cat(parts, dim=0)
 
 
 @torch.no_grad()
