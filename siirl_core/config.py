@@ -59,6 +59,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 6
+    # EOS is suppressed before this many tokens; benchmarks use it for fixed-length generation.
+    min_new_tokens: int = 0
     # vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
     kv_cache_gib: int = 1
     # vLLM without torch.compile / CUDA graphs. null (auto): eager on CPU, where compiling
@@ -337,6 +339,9 @@ def _validate_algorithm(cfg: SiirlConfig) -> None:
     if a.clip_ratio_c <= 1:
         raise ConfigError(f"algorithm.clip_ratio_c={a.clip_ratio_c}: the dual-clip bound must be > 1")
     _positive("algorithm.max_sampling_rounds", a.max_sampling_rounds)
+    if not 0 <= cfg.rollout.min_new_tokens <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"rollout.min_new_tokens={cfg.rollout.min_new_tokens}: expected 0 up to "
+                          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
     if not 0 <= a.overlong_buffer <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"algorithm.overlong_buffer={a.overlong_buffer}: expected 0 (off) up to "
                           f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")

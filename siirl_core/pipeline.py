@@ -65,7 +65,7 @@ def _generate(w, problems: list, step: int, round_: int = 0) -> RolloutBatch:
     cfg, t = w.cfg, w.cfg.trainer
     prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in problems]
     sampling = SamplingConfig(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=cfg.rollout.max_new_tokens)
+                              max_new_tokens=cfg.rollout.max_new_tokens, min_new_tokens=cfg.rollout.min_new_tokens)
     # data_seed mixed in below 2**31: vLLM's per-prompt seeds are multiplied up and must stay int64.
     seed = ((t.seed * 100_003 + step) * 1_009 + w.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
     return w.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919)
@@ -187,20 +187,33 @@ def _row(rb: RolloutBatch, i: int) -> tuple:
     return rb.prompt_ids[i], rb.response_ids[i], rb.response_logprobs[i], rb.finished[i]
 
 
+def on_policy_single_update(cfg) -> bool:
+    """One optimizer step per batch: the old log-probs are the update's own forward pass
+    (same weights), so the separate no-grad pass is skipped, as TRL does. Not when the
+    KL goes into the reward, which needs them before the advantages."""
+    return cfg.trainer.ppo_epochs == 1 and cfg.trainer.mini_batches == 1 and not cfg.algorithm.kl_in_reward
+
+
+def _record_mismatch(w, old, rollout_lp, mask, bag):
+    """Rollout-engine vs trainer log-probs of the same tokens; the truncated IS weights when on."""
+    tokens = float(mask.sum())
+    bag.add("rollout/logprob_abs_diff", masked_mean((old - rollout_lp).abs(), mask), weight=tokens)
+    if not rollout_correction_on(w.cfg):
+        return None
+    weights, m = truncated_is_weights(old, rollout_lp, mask, cap=w.cfg.algorithm.tis_cap)
+    for k, v in m.items():
+        bag.add(f"rollout/{k}", v, weight=tokens)
+    return weights
+
+
 def node_old_logprobs(w, ctx, bag):
     t = ctx["tensors"]
+    if on_policy_single_update(w.cfg):
+        ctx["old_log_probs"] = ctx["is_weights"] = None  # taken from the update's forward pass
+        return
     ctx["old_log_probs"] = compute_logprobs(w.actor.module, t["input_ids"], t["attention_mask"], t["response_len"],
                                             w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
-    # Mismatch between the rollout engine's and the trainer's log-probs of the same tokens.
-    diff = (ctx["old_log_probs"] - t["rollout_log_probs"]).abs()
-    tokens = float(t["response_mask"].sum())
-    bag.add("rollout/logprob_abs_diff", masked_mean(diff, t["response_mask"]), weight=tokens)
-    ctx["is_weights"] = None
-    if rollout_correction_on(w.cfg):
-        ctx["is_weights"], m = truncated_is_weights(ctx["old_log_probs"], t["rollout_log_probs"], t["response_mask"],
-                                                    cap=w.cfg.algorithm.tis_cap)
-        for k, v in m.items():
-            bag.add(f"rollout/{k}", v, weight=tokens)
+    ctx["is_weights"] = _record_mismatch(w, ctx["old_log_probs"], t["rollout_log_probs"], t["response_mask"], bag)
 
 
 def rollout_correction_on(cfg) -> bool:
@@ -307,6 +320,25 @@ def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[
     return list(perm.chunk(mini_batches))
 
 
+def _micro_loss(w, ctx, micro, bag):
+    """The policy loss of one micro-batch, from one forward pass."""
+    cfg, t = w.cfg, ctx["tensors"]
+    logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro], t["response_len"],
+                             cfg.rollout.temperature)  # [b, R, V]
+    lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:])
+    full_kl = cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0
+    if ctx.get("old_log_probs") is None:  # on-policy, one step: old = this very forward pass
+        old = lp.detach()
+        isw = _record_mismatch(w, old, t["rollout_log_probs"][micro], t["response_mask"][micro], bag)
+    else:
+        old = ctx["old_log_probs"][micro]
+        isw = ctx["is_weights"][micro] if ctx.get("is_weights") is not None else None
+    ref = ctx["ref_log_probs"][micro] if ctx.get("ref_log_probs") is not None else None
+    return policy_loss_terms(lp, entropy_from_logits(logits), old, ref, ctx["advantages"][micro],
+                             t["response_mask"][micro], cfg.algorithm, is_weights=isw,
+                             kl_log_probs=torch.log_softmax(logits, -1) if full_kl else lp)
+
+
 def node_update(w, ctx, bag):
     cfg = w.cfg
     t = ctx["tensors"]
@@ -315,21 +347,8 @@ def node_update(w, ctx, bag):
     tokens = 0
     for _ in range(cfg.trainer.ppo_epochs):
         for mb in _minibatches(n, cfg.trainer.mini_batches, gen):
-            micros = list(mb.split(cfg.trainer.micro_batch_size))
-            for micro in micros:
-                logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro],
-                                         t["response_len"], cfg.rollout.temperature)  # [b, R, V]
-                lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:])
-                ent = entropy_from_logits(logits)
-                if cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0:
-                    lp_for_kl = torch.log_softmax(logits, -1)
-                else:
-                    lp_for_kl = lp
-                ref = ctx["ref_log_probs"][micro] if ctx["ref_log_probs"] is not None else None
-                isw = ctx["is_weights"][micro] if ctx.get("is_weights") is not None else None
-                loss, m = policy_loss_terms(lp, ent, ctx["old_log_probs"][micro], ref, ctx["advantages"][micro],
-                                            t["response_mask"][micro], cfg.algorithm, is_weights=isw,
-                                            kl_log_probs=lp_for_kl)
+            for micro in mb.split(cfg.trainer.micro_batch_size):
+                loss, m = _micro_loss(w, ctx, micro, bag)
                 # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
                 w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
                 weight = float(t["response_mask"][micro].sum())

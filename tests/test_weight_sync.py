@@ -33,15 +33,20 @@ def test_vllm_matches_transformers_after_update(rank_worker, warm_model, tmp_pat
 
 def test_rollout_logprobs_match_trainer(rank_worker):
     """vLLM's log-probs of its own samples agree with the trainer's recomputation."""
-    from siirl_core.pipeline import node_old_logprobs, node_rollout
     from siirl_core.metrics import MetricBag
+    from siirl_core.pipeline import _record_mismatch, node_rollout
+    from siirl_core.training.logprobs import compute_logprobs
 
     bag = MetricBag()
     ctx = {"step": rank_worker.step + 1}
     node_rollout(rank_worker, ctx, bag)
-    node_old_logprobs(rank_worker, ctx, bag)
-    diff = bag.local()["rollout/logprob_abs_diff"]
-    assert diff < 1e-3
+    t = ctx["tensors"]
+    trainer_lp = compute_logprobs(rank_worker.actor.module, t["input_ids"], t["attention_mask"], t["response_len"],
+                                  64)
+    weights = _record_mismatch(rank_worker, trainer_lp, t["rollout_log_probs"], t["response_mask"], bag)
+    assert bag.local()["rollout/logprob_abs_diff"] < 1e-3
+    # Truncated IS weights (on by default for vLLM) are ~1 where the two agree.
+    assert abs(bag.local()["rollout/is_weight_mean"] - 1) < 1e-3 and weights.shape == trainer_lp.shape
     # Real log-probs, not zeros: the sampled tokens are not all certain.
     rollout_lp = ctx["tensors"]["rollout_log_probs"]
     assert rollout_lp.min() < -0.01

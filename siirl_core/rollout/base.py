@@ -14,6 +14,8 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 8
     greedy: bool = False
+    # EOS is suppressed before this many tokens (fixed-length generation for timing).
+    min_new_tokens: int = 0
 
 
 @dataclass

@@ -28,6 +28,7 @@ class HFRollout:
         self.module.eval()
         out = self.module.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=sampling.min_new_tokens or None,
             do_sample=not sampling.greedy, temperature=sampling.temperature if not sampling.greedy else None,
             top_p=sampling.top_p if not sampling.greedy else None, top_k=0 if not sampling.greedy else None,
             num_return_sequences=1, pad_token_id=self.pad_id, eos_token_id=self.eos_id,

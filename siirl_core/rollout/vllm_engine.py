@@ -40,7 +40,8 @@ class VLLMRollout:
         # so a resumed run replays exactly what an uninterrupted one sampled.
         params = [
             SamplingParams(
-                n=sampling.n, max_tokens=sampling.max_new_tokens, logprobs=0, detokenize=False,
+                n=sampling.n, max_tokens=sampling.max_new_tokens, min_tokens=sampling.min_new_tokens, logprobs=0,
+                detokenize=False,
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=1.0 if sampling.greedy else sampling.top_p,
                 seed=None if sampling.greedy else seed * 1_000_003 + i,
