@@ -159,3 +159,23 @@ def test_full_kl_as_loss_and_in_reward(algo_worker):
     finally:
         for k, v in {"kl_coef": 0.0, "kl_estimator": "k3", "kl_in_reward": True}.items():
             setattr(algo_worker.cfg.algorithm, k, v)
+
+
+def test_on_policy_update_reuses_its_forward_as_the_old_logprobs(algo_worker):
+    """The skipped no-grad pass would have given the same old log-probs as the update's
+    own forward pass (same weights, same inputs)."""
+    from siirl_core.algorithms.entropy import logprobs_from_logits
+    from siirl_core.metrics import MetricBag
+    from siirl_core.pipeline import node_rollout, on_policy_single_update
+    from siirl_core.training.logprobs import compute_logprobs, response_logits
+
+    assert on_policy_single_update(compose_config([]))
+    assert not on_policy_single_update(compose_config(["trainer.ppo_epochs=2"]))
+    ctx = {"step": algo_worker.step + 1}
+    node_rollout(algo_worker, ctx, MetricBag())
+    t = ctx["tensors"]
+    separate = compute_logprobs(algo_worker.actor.module, t["input_ids"], t["attention_mask"], t["response_len"], 64)
+    logits = response_logits(algo_worker.actor.engine, t["input_ids"], t["attention_mask"], t["response_len"])
+    in_update = logprobs_from_logits(logits, t["input_ids"][:, -t["response_len"]:]).detach()
+    mask = t["response_mask"]
+    torch.testing.assert_close(in_update * mask, separate * mask, rtol=0, atol=1e-5)
