@@ -29,11 +29,14 @@ def _scheduled_date() -> str:
     return when.date().isoformat() if when else datetime.date.today().isoformat()
 
 
+def candidate_root(cfg: SiirlConfig, tag: str) -> str:
+    return join(cfg.checkpoint_root, "candidates", tag)
+
+
 def candidate_overrides(cfg: SiirlConfig, start: dict, date: str, tag: str) -> list[str]:
     """What turns the configured run into this night's candidate run."""
-    root = join(cfg.checkpoint_root, "candidates", tag)
     k = cfg.retrain.iterations
-    return [f"storage.uri={root}", f"run_name=retrain-{tag}",
+    return [f"storage.uri={candidate_root(cfg, tag)}", f"run_name=retrain-{tag}",
             f"trainer.resume={start['folder'] or 'never'}", f"trainer.steps={start['step'] + k}",
             f"trainer.data_seed={int(date.replace('-', ''))}", "trainer.eval_every=0",
             f"trainer.save_every={min(cfg.trainer.save_every or k, k)}"]
@@ -43,7 +46,7 @@ def decide(cfg: SiirlConfig, start: dict, summary: dict, date: str, tag: str) ->
     """Promote only a complete candidate checkpoint that beats the champion by the margin."""
     champ_score, cand_score = summary["val_accuracy_before"], summary["val_accuracy_after"]
     cand_step = start["step"] + cfg.retrain.iterations
-    cand_folder = ckpt.step_dir(join(cfg.checkpoint_root, "candidates", tag), cand_step)
+    cand_folder = ckpt.step_dir(candidate_root(cfg, tag), cand_step)
     complete = ckpt.verify(cand_folder, cfg.storage.endpoint_url) is not None
     better = cand_score - champ_score
     promoted = complete and better > 0 and better >= cfg.retrain.margin

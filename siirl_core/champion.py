@@ -10,11 +10,10 @@ each written in one PUT (or an atomic rename on a local disk).
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from typing import Optional
 
-from siirl_core.storage import filesystem, is_remote, join, retrying
+from siirl_core.storage import filesystem, join, retrying, write_whole
 
 CHAMPION = "champion.json"
 HISTORY = "champion_history.json"
@@ -35,16 +34,7 @@ def _read_json(root_uri: str, name: str, endpoint_url: str):
 
 
 def _write_json(root_uri: str, name: str, obj, endpoint_url: str) -> None:
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    fs, root = filesystem(root_uri, endpoint_url)
-    if not is_remote(root_uri):
-        os.makedirs(root, exist_ok=True)
-        tmp = os.path.join(root, name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(root, name))
-        return
-    retrying(f"write {join(root_uri, name)}", lambda: fs.pipe_file(posixpath.join(root, name), data))
+    write_whole(root_uri, name, json.dumps(obj, indent=1, sort_keys=True).encode(), endpoint_url)
 
 
 def read_champion(root_uri: str, endpoint_url: str = "") -> Optional[dict]:

@@ -17,7 +17,7 @@ import posixpath
 import re
 from typing import Optional
 
-from siirl_core.storage import StorageError, filesystem, is_remote, join, retrying
+from siirl_core.storage import StorageError, filesystem, is_remote, join, retrying, write_whole
 
 log = logging.getLogger("siirl.checkpoint")
 MANIFEST = "manifest.json"
@@ -70,18 +70,7 @@ def write_manifest(folder_uri: str, step: int, world_size: int, files: dict, con
                    code_version: str, endpoint_url: str = "", attempts: int = 3) -> None:
     manifest = {"step": step, "world_size": world_size, "files": files, "config": config,
                 "metrics": metrics, "code_version": code_version}
-    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    fs, root = filesystem(folder_uri, endpoint_url)
-    if not is_remote(folder_uri):
-        tmp = os.path.join(root, MANIFEST + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(root, MANIFEST))  # atomic on a local filesystem
-        return
-    # One PUT: an S3 object appears whole or not at all.
-    retrying(f"write manifest of {folder_uri}", lambda: fs.pipe_file(join(root, MANIFEST), data), attempts)
+    write_whole(folder_uri, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), endpoint_url, attempts)
 
 
 def read_manifest(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:

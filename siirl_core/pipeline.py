@@ -145,7 +145,7 @@ def node_dynamic_sampling(w, ctx, bag):
     GRPO gradient) and sample fresh prompts until this rank's share is full, for at most
     algorithm.max_sampling_rounds rounds. At the bound, equal-reward groups fill the rest
     (advantage 0), so every rank trains on the same number of samples, and a warning says so."""
-    target = len(_my_prompts(w, ctx["step"]))
+    target = w.cfg.trainer.prompts_per_step // w.world_size  # this rank's share of prompts
     kept, spare = [], []  # (problem, sample rows, rewards, accuracies)
     errors = timeouts = rounds = 0
     for round_ in range(w.cfg.algorithm.max_sampling_rounds):

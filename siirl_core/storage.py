@@ -60,3 +60,20 @@ def retrying(what: str, fn: Callable[[], T], attempts: int = 3, backoff_s: float
                         attempts - 1, backoff_s * 2 ** (attempt - 1))
             time.sleep(backoff_s * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+def write_whole(folder_uri: str, name: str, data: bytes, endpoint_url: str = "", attempts: int = 3) -> str:
+    """Write a small file so that readers see all of it or none: a rename on a local
+    disk, one PUT on S3 (an object appears whole or not at all). Returns its URI."""
+    fs, folder = filesystem(folder_uri, endpoint_url)
+    if not is_remote(folder_uri):
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, name))
+        return os.path.join(folder_uri, name)
+    retrying(f"write {join(folder_uri, name)}", lambda: fs.pipe_file(join(folder, name), data), attempts)
+    return join(folder_uri, name)

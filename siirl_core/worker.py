@@ -162,10 +162,11 @@ class RankWorker:
         else:
             bag.add("val/accuracy", 0.0, weight=0.0)
         if self.cfg.evaluate.during_training:
-            self._sampled_validation(mine, bag)
+            sources = sorted({p.data_source or self.task.name for p in problems})
+            self._sampled_validation(mine, sources, bag)
         return bag.reduce()
 
-    def _sampled_validation(self, mine: list, bag: MetricBag) -> None:
+    def _sampled_validation(self, mine: list, sources: list[str], bag: MetricBag) -> None:
         ev = self.cfg.evaluate
         sampling = SamplingConfig(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
                                   max_new_tokens=self.cfg.rollout.max_new_tokens)
@@ -173,7 +174,7 @@ class RankWorker:
                                    ev.seed * 1_009 + self.rank) if mine else {}
         # Every rank adds every source's keys (weight 0 where it has none), so the
         # cross-rank reduction sees the same keys everywhere.
-        for source in sorted({p.data_source or self.task.name for p in self.task.eval_set()}):
+        for source in sources:
             scores, count = results.get(source, ({}, 0))
             for name in [f"mean@{ev.n}", f"best@{ev.n}", f"maj@{ev.n}"] + [f"pass@{k}" for k in ev.pass_k]:
                 bag.add(f"val/{source}/{name}", scores.get(name, 0.0), weight=float(count))

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig, to_dict
-from siirl_core.storage import filesystem, is_remote, join, retrying
+from siirl_core.storage import is_remote, join, write_whole
 
 
 @task(cache_policy=NO_CACHE)
@@ -99,13 +99,11 @@ def results_name(cfg: SiirlConfig) -> str:
 def save_results(cfg: SiirlConfig, source: dict, results: dict) -> str:
     """`<source>/evaluations/<task>-n<N>-<key>.json`: beside the checkpoint's files (not in
     its manifest, so the checkpoint stays complete), removed with it by retention."""
-    record = {"source": source, "results": results, "task": to_dict(cfg)["task"],
-              "evaluate": to_dict(cfg)["evaluate"], "max_new_tokens": cfg.rollout.max_new_tokens}
-    uri = join(source["uri"], "evaluations", results_name(cfg))
-    fs, path = filesystem(uri, cfg.storage.endpoint_url)
-    data = json.dumps(record, indent=1, sort_keys=True).encode()
-    if not is_remote(uri):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    retrying(f"write {uri}", lambda: fs.pipe_file(path, data), cfg.storage.retries)
+    d = to_dict(cfg)
+    record = {"source": source, "results": results, "task": d["task"], "evaluate": d["evaluate"],
+              "max_new_tokens": cfg.rollout.max_new_tokens}
+    uri = write_whole(join(source["uri"], "evaluations"), results_name(cfg),
+                      json.dumps(record, indent=1, sort_keys=True).encode(), cfg.storage.endpoint_url,
+                      cfg.storage.retries)
     get_run_logger().info("evaluation results written to %s", uri)
     return uri

@@ -62,6 +62,15 @@ def _seq_mean(seq_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Te
     return masked_mean(seq_values, (response_mask != 0).any(dim=-1))
 
 
+def _loss_metrics(clipfrac: torch.Tensor, log_ratio: torch.Tensor, ratio_mean: torch.Tensor,
+                  response_mask: torch.Tensor, **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The keys every loss reports, detached: clipfrac, approx_kl (masked mean of
+    old - new log-prob, k1 of KL(old || new)) and ratio_mean, plus any extra."""
+    metrics = {"clipfrac": clipfrac, "approx_kl": masked_mean(-log_ratio, response_mask), "ratio_mean": ratio_mean,
+               **extra}
+    return {k: v.detach() for k, v in metrics.items()}
+
+
 @POLICY_LOSSES.register("vanilla")
 def ppo_clip_loss(
     log_probs: torch.Tensor,
@@ -103,12 +112,8 @@ def ppo_clip_loss(
     with torch.no_grad():
         clipped = (pg_losses_clipped > pg_losses_unclipped).to(loss_mat.dtype)
         dual_clipped = ((clip_losses > pg_losses_cap) & negative_adv).to(loss_mat.dtype)
-        metrics = {
-            "clipfrac": masked_mean(clipped, response_mask).detach(),
-            "clipfrac_lower": masked_mean(dual_clipped, response_mask).detach(),
-            "approx_kl": masked_mean(-neg_approx_kl, response_mask).detach(),
-            "ratio_mean": masked_mean(ratio, response_mask).detach(),
-        }
+        metrics = _loss_metrics(masked_mean(clipped, response_mask), neg_approx_kl, masked_mean(ratio, response_mask),
+                                response_mask, clipfrac_lower=masked_mean(dual_clipped, response_mask))
     return loss, metrics
 
 
@@ -152,11 +157,8 @@ def gspo_loss(
 
     with torch.no_grad():
         clipped = (pg_losses_clipped > pg_losses_unclipped).to(loss_mat.dtype)
-        metrics = {
-            "clipfrac": masked_mean(clipped, response_mask).detach(),
-            "approx_kl": masked_mean(-_log_ratio(log_probs, old_log_probs), response_mask).detach(),
-            "ratio_mean": _seq_mean(torch.exp(seq_log_ratio), response_mask).detach(),
-        }
+        metrics = _loss_metrics(masked_mean(clipped, response_mask), _log_ratio(log_probs, old_log_probs),
+                                _seq_mean(torch.exp(seq_log_ratio), response_mask), response_mask)
     return loss, metrics
 
 
@@ -211,12 +213,9 @@ def gmpo_loss(
 
     with torch.no_grad():
         clipped = (log_ratio_pess != log_ratio).to(log_ratio.dtype)
-        metrics = {
-            "clipfrac": masked_mean(clipped, response_mask).detach(),
-            "approx_kl": masked_mean(-log_ratio, response_mask).detach(),
-            "ratio_mean": _seq_mean(torch.exp(masked_mean(log_ratio_pess, response_mask, dim=-1)), response_mask)
-            .detach(),
-        }
+        metrics = _loss_metrics(masked_mean(clipped, response_mask), log_ratio,
+                                _seq_mean(torch.exp(masked_mean(log_ratio_pess, response_mask, dim=-1)), response_mask),
+                                response_mask)
     return loss, metrics
 
 
@@ -252,11 +251,8 @@ def cispo_loss(
 
     with torch.no_grad():
         clipped = (ratio > 1.0 + clip_ratio_high).to(loss_mat.dtype)
-        metrics = {
-            "clipfrac": masked_mean(clipped, response_mask).detach(),
-            "approx_kl": masked_mean(-neg_approx_kl, response_mask).detach(),
-            "ratio_mean": masked_mean(ratio, response_mask).detach(),
-        }
+        metrics = _loss_metrics(masked_mean(clipped, response_mask), neg_approx_kl, masked_mean(ratio, response_mask),
+                                response_mask)
     return loss, metrics
 
 
@@ -284,11 +280,8 @@ def gpg_loss(
 
     with torch.no_grad():
         neg_approx_kl = _log_ratio(log_probs, old_log_probs)
-        metrics = {
-            "clipfrac": torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device),
-            "approx_kl": masked_mean(-neg_approx_kl, response_mask).detach(),
-            "ratio_mean": masked_mean(torch.exp(neg_approx_kl), response_mask).detach(),
-        }
+        metrics = _loss_metrics(torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device), neg_approx_kl,
+                                masked_mean(torch.exp(neg_approx_kl), response_mask), response_mask)
     return loss, metrics
 
 

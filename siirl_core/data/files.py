@@ -137,9 +137,12 @@ class FileTask:
 
     def train_batch(self, seed: int, step: int, size: int, stream: int = 0) -> list[Problem]:
         """Rows (step-1)*size ... step*size-1 of the epoch-by-epoch shuffled order."""
-        n, out = len(self.train), []
+        n, orders, out = len(self.train), {}, []
         for i in range((step - 1) * size, step * size):
-            out.append(self.train[int(self._epoch_order(seed, stream, i // n)[i % n])])
+            epoch = i // n
+            if epoch not in orders:  # a batch spans at most a few epochs: one permutation each
+                orders[epoch] = self._epoch_order(seed, stream, epoch)
+            out.append(self.train[int(orders[epoch][i % n])])
         return out
 
     def demonstrations(self, seed: int, step: int, size: int) -> list[Problem]:
