@@ -72,3 +72,14 @@ def test_unreadable_files_are_named(tmp_path):
         compose_config(["task=file", f"task.train_files=[{tmp_path}/missing.parquet]"])
     with pytest.raises(ConfigError, match=r"task.train_files is empty"):
         compose_config(["task=file"])
+
+
+def test_chat_prompts_use_the_tokenizers_chat_template(tmp_path):
+    from siirl_core.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer("0123456789+=|")
+    tok.chat_template = ("{% for m in messages %}|{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}|{% endif %}")
+    path = write_parquet(tmp_path / "chat.parquet", arithmetic_rows(3, "chat", chat=True))
+    task = FileTask([path], val_files=[path], tokenizer=tok)
+    assert [p.prompt for p in task.train] == ["|0+0=|", "|1+7=|", "|2+14=|"]
