@@ -16,7 +16,7 @@ from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.metrics import MetricSinks
 from tasks.model import make_base_model
-from tasks.training import (evaluate, export_policy, iteration_task, record_ranks, restore_checkpoint,
+from tasks.training import (evaluation_task, export_policy, iteration_task, record_ranks, restore_checkpoint,
                             save_checkpoint)
 
 
@@ -26,26 +26,26 @@ def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str:
     return make_base_model(cfg)
 
 
-def _initial_eval(group, run_dir: str) -> dict:
+def _initial_eval(group, cfg: SiirlConfig, start: int) -> dict:
     """Accuracy of the starting policy, measured once per run and kept in the run folder."""
-    path = os.path.join(run_dir, "eval_initial.json")
+    path = os.path.join(cfg.run_dir, "eval_initial.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    result = evaluate(group, "initial")
+    result = evaluation_task(cfg)(group, "initial", cfg, start)
     with open(path, "w") as f:
         json.dump(result, f)
     return result
 
 
 def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: MetricSinks) -> dict:
-    run_iteration = iteration_task(cfg)
+    run_iteration, evaluate = iteration_task(cfg), evaluation_task(cfg)
     metrics: dict = {}
     with progress_bar(cfg.trainer.steps, start) as bar:
         for step in range(start + 1, cfg.trainer.steps + 1):
             metrics = run_iteration(group, step, cfg)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
-                metrics.update(evaluate(group, f"step-{step}"))
+                metrics.update(evaluate(group, f"step-{step}", cfg, step))
             sinks.write(step, metrics)
             bar.update(bar.task_ids[0], advance=1, description=describe(metrics))
             if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0 or step == cfg.trainer.steps):
@@ -96,9 +96,9 @@ def run_training(overrides: list[str]) -> dict:
         start = restore_checkpoint(group, cfg)
         sinks = MetricSinks(run_dir)
         sinks.truncate_after(start)
-        before = _initial_eval(group, run_dir)
+        before = _initial_eval(group, cfg, start)
         last = _train_loop(cfg, group, run_dir, start, sinks)
-        after = evaluate(group, "final")
+        after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
         final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
         sinks.close()
         _record_driver_traffic(group, client, run_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import socket
 import time
 from collections import Counter
@@ -19,6 +20,28 @@ log = logging.getLogger("siirl.rank_group")
 
 class RankFailure(RuntimeError):
     """A rank raised or its worker process died; the message says which."""
+
+
+class _DeathReasons(logging.Handler):
+    """Why worker processes ended, by pid, from the nannies' own log lines ("Worker
+    process 123 was killed by signal 9", "... exceeded 95% memory budget"). Only
+    nannies in this process (LocalCluster, LocalCUDACluster) log here."""
+
+    PID = re.compile(r"(?:Worker process |pid=)(\d+)")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.by_pid: dict[int, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        match = self.PID.search(msg)
+        if match and ("killed" in msg or "exited" in msg or "memory" in msg):
+            self.by_pid.setdefault(int(match.group(1)), msg.splitlines()[0][:200])
+
+
+DEATH_REASONS = _DeathReasons()
+logging.getLogger("distributed.nanny").addHandler(DEATH_REASONS)  # and distributed.nanny.memory
 
 
 def _free_port() -> int:
@@ -81,6 +104,15 @@ class RankGroup:
         pid = self.info[rank]["pid"] if rank < len(self.info) else "?"
         return f"rank {rank} (Dask worker {self.workers[rank]}, pid {pid})"
 
+    def _death(self, rank: int, method: str) -> str:
+        """'rank r (...) died during m', with the nanny's reason once it has logged one."""
+        pid = self.info[rank]["pid"] if rank < len(self.info) else None
+        deadline = time.monotonic() + 2.0
+        while pid not in DEATH_REASONS.by_pid and time.monotonic() < deadline:
+            time.sleep(0.1)  # the nanny logs the exit code right after the scheduler notices
+        reason = DEATH_REASONS.by_pid.get(pid)
+        return f"{self._describe(rank)} died during {method}" + (f" ({reason})" if reason else "")
+
     def call(self, method: str, *args, **kwargs) -> list:
         arg_bytes = len(pickle.dumps((args, kwargs)))
         futures = [getattr(a, method)(*args, **kwargs) for a in self.actors]
@@ -100,7 +132,7 @@ class RankGroup:
                 alive = self._alive()
                 dead = [r for r in sorted(pending) if self.workers[r] not in alive]
                 if dead:
-                    raise RankFailure(f"{self._describe(dead[0])} died during {method}")
+                    raise RankFailure(self._death(dead[0], method))
                 last_check = time.monotonic()
             if pending:
                 time.sleep(self.poll_s)
@@ -122,7 +154,7 @@ class RankGroup:
         first = str(err).splitlines()[0][:300] if str(err) else ""
         dead = self._dead_ranks()
         if dead:
-            return RankFailure(f"{self._describe(dead[0])} died during {method}; then "
+            return RankFailure(f"{self._death(dead[0], method)}; then "
                                f"{self._describe(rank)} failed: {type(err).__name__}: {first}")
         return RankFailure(f"{self._describe(rank)} failed in {method}: {type(err).__name__}: {first}")
 

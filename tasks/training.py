@@ -20,13 +20,15 @@ def record_ranks(group, run_dir: str) -> None:
         json.dump(group.info, f, indent=1)
 
 
-def restore_newest(group, cfg: SiirlConfig, resume: str = "auto") -> int:
-    """Restore every rank from the newest complete checkpoint; returns its step (0 if none).
-    A checkpoint whose files fail their checksum on download is skipped for an older one."""
+def restore_newest(group, cfg: SiirlConfig, resume: str = "auto", upto: int | None = None) -> int:
+    """Restore every rank from the newest complete checkpoint (at most step `upto`); returns
+    its step (0 if none). A checkpoint whose files fail their checksum on download is
+    skipped for an older one."""
     logger = get_run_logger()
     root, endpoint = cfg.checkpoint_root, cfg.storage.endpoint_url
     if resume == "auto":  # newest first; one listing (verifying is I/O)
-        candidates = list(reversed(ckpt.complete_checkpoints(root, endpoint)))
+        found = reversed(ckpt.complete_checkpoints(root, endpoint))
+        candidates = [(s, f) for s, f in found if upto is None or s <= upto]
     else:
         point = ckpt.find_resume_point(root, resume, endpoint)
         candidates = [point] if point is not None else []
@@ -43,21 +45,29 @@ def restore_newest(group, cfg: SiirlConfig, resume: str = "auto") -> int:
     raise FileNotFoundError(f"no loadable checkpoint in {root} (all failed their checksums; see the log)")
 
 
+def recover(group, cfg: SiirlConfig, step: int, what: str) -> None:
+    """After a failed attempt (a rank raised or its process died): restart every worker,
+    restore every rank from the newest complete checkpoint and replay up to `step`."""
+    from prefect.runtime import task_run
+
+    logger = get_run_logger()
+    group.rebuild()
+    record_ranks(group, cfg.run_dir)
+    logger.warning("retry %d of %s: rebuilt the rank group (%s)", task_run.run_count - 1, what,
+                   ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
+    restored = restore_newest(group, cfg, upto=step)
+    if restored == 0 and cfg.trainer.resume not in ("auto", "never"):
+        restored = restore_newest(group, cfg, cfg.trainer.resume)  # where this run started from
+    logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
+                   restored, restored + 1, step)
+
+
 @task(cache_policy=NO_CACHE, task_run_name="iteration-{step}")
 def run_iteration(group, step: int, cfg: SiirlConfig) -> dict:
     from prefect.runtime import task_run
 
     if task_run.run_count > 1:
-        logger = get_run_logger()
-        group.rebuild()
-        record_ranks(group, cfg.run_dir)
-        logger.warning("retry %d of iteration %d: rebuilt the rank group (%s)", task_run.run_count - 1, step,
-                       ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
-        restored = restore_newest(group, cfg)
-        if restored == 0 and cfg.trainer.resume not in ("auto", "never"):
-            restored = restore_newest(group, cfg, cfg.trainer.resume)  # where this run started from
-        logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
-                       restored, restored + 1, step)
+        recover(group, cfg, step, f"iteration {step}")
     return group.call_rank0("run_until", step)
 
 
@@ -84,7 +94,14 @@ def restore_checkpoint(group, cfg: SiirlConfig) -> int:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate-{label}")
-def evaluate(group, label: str) -> dict:
+def evaluate(group, label: str, cfg: SiirlConfig, step: int) -> dict:
+    """Validation of the policy after `step`; a retry recovers the group as an iteration's does."""
+    from prefect.runtime import task_run
+
+    if task_run.run_count > 1:
+        recover(group, cfg, step, f"evaluation {label}")
+        if group.call_rank0("current_step") < step:
+            group.call_rank0("run_until", step)
     return group.call_rank0("evaluate")
 
 
@@ -95,3 +112,7 @@ def export_policy(group, out_dir: str) -> str:
 
 def iteration_task(cfg: SiirlConfig):
     return run_iteration.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1)
+
+
+def evaluation_task(cfg: SiirlConfig):
+    return evaluate.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1)
