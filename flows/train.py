@@ -15,15 +15,29 @@ from infra.rank_group import start_rank_group
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.metrics import MetricSinks
-from tasks.model import make_base_model
+from tasks.model import make_agent_base_model, make_base_model
 from tasks.training import (evaluation_task, export_policy, iteration_task, record_ranks, restore_checkpoint,
                             save_checkpoint)
 
 
-def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str:
+def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str | dict[str, str]:
+    if cfg.agents.env:
+        return _agent_policy_sources(cfg, overrides)
     if cfg.model.warm_start:
         return sft_flow(overrides)
     return make_base_model(cfg)
+
+
+def _agent_policy_sources(cfg: SiirlConfig, overrides: list[str]) -> dict[str, str]:
+    """Multi-agent: each trained policy's starting model directory."""
+    from siirl_core.agents.worker import trainable_policies
+
+    out = {}
+    for index, pid in enumerate(trainable_policies(cfg.agents)):
+        init = cfg.agents.policy(pid).init
+        out[pid] = (sft_flow(overrides) if init == "warm_start" else
+                    make_agent_base_model(cfg, pid, index) if init == "base" else init)
+    return out
 
 
 def _initial_eval(group, cfg: SiirlConfig, start: int) -> dict:

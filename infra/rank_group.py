@@ -74,7 +74,7 @@ class RankGroup:
 
     client: Client
     cfg: dict
-    model_path: str
+    model_path: str | dict  # one policy, or policy id -> model directory (multi-agent)
     world_size: int
     actors: list = field(default_factory=list)
     workers: list[str] = field(default_factory=list)
@@ -87,9 +87,10 @@ class RankGroup:
         workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])[:self.world_size]
         host = _host_of(workers[0])
         port = self.client.run(_free_port, workers=[workers[0]])[workers[0]]
-        from siirl_core.worker import RankWorker
+        from siirl_core.worker import worker_class
 
-        futures = [self.client.submit(RankWorker, self.cfg, self.model_path, rank, self.world_size, host, port,
+        cls = worker_class(self.cfg)
+        futures = [self.client.submit(cls, self.cfg, self.model_path, rank, self.world_size, host, port,
                                       local, n_local, actor=True, workers=[addr], pure=False)
                    for rank, (addr, (local, n_local)) in enumerate(zip(workers, local_ranks(workers)))]
         self.actors = [f.result() for f in futures]
@@ -170,5 +171,5 @@ class RankGroup:
         return self.start()
 
 
-def start_rank_group(client: Client, cfg: dict, model_path: str, world_size: int) -> RankGroup:
+def start_rank_group(client: Client, cfg: dict, model_path: str | dict, world_size: int) -> RankGroup:
     return RankGroup(client, cfg, model_path, world_size).start()

@@ -228,6 +228,58 @@ class EvaluateConfig:
 
 
 @dataclass
+class AgentSpec:
+    name: str = ""
+    # Agents naming the same policy share its weights; "scripted": the environment plays it.
+    policy: str = ""
+    # The agent's prompt: {obs} (its observation), {history} (the messages it can see, in
+    # order) and {<agent name>} (that agent's latest visible message).
+    template: str = "{obs}"
+    max_new_tokens: int = 1
+    temperature: float = 1.0
+    # The characters it may emit (its action vocabulary), masked in sampling and training
+    # alike; empty: any token, ending at EOS.
+    allowed: str = ""
+
+
+@dataclass
+class PolicySpec:
+    # base: a fresh model from the tiny factory over the environment's alphabet;
+    # warm_start: the task's supervised warm start; otherwise an HF model directory.
+    init: str = "base"
+    size: str = "tiny"
+    # 0: trainer.lr.
+    lr: float = 0.0
+
+
+@dataclass
+class AgentsConfig:
+    # A registered environment (siirl_core.agents.envs); empty: single-agent training.
+    env: str = ""
+    # Environment options (e.g. symbols for the referential game, the opponent's mix).
+    env_args: dict[str, Any] = field(default_factory=dict)
+    agents: list[AgentSpec] = field(default_factory=list)
+    # policy id -> PolicySpec fields (plain dicts, so `+agents.policies.<id>.init=base`
+    # works on the command line; checked against PolicySpec by the validation).
+    policies: dict[str, Any] = field(default_factory=dict)
+
+    def policy(self, pid: str) -> PolicySpec:
+        return PolicySpec(**(self.policies.get(pid) or {}))
+    # chain: agents in order, each seeing the earlier messages; rounds: the chain `rounds`
+    # times (debate); parallel: all but the last see only their observation, the last
+    # (the aggregator) sees them all.
+    graph: str = "chain"
+    rounds: int = 1
+    # per_agent: each agent's reward normalised over the episodes of the same start;
+    # team: the team reward's advantage for every agent.
+    credit: str = "per_agent"
+    # simultaneous: every policy updates every step; alternating: one policy per step, in turn.
+    schedule: str = "simultaneous"
+    # Episodes per start for evaluation are greedy; this many held-out starts.
+    eval_episodes: int = 200
+
+
+@dataclass
 class SiirlConfig:
     run_name: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -242,6 +294,7 @@ class SiirlConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
 
     @property
     def run_dir(self) -> str:
@@ -325,6 +378,9 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
                           "sharded parameters make every generation step a collective; use rollout=vllm")
     _validate_retrain_and_evaluate(cfg)
     _validate_reward(cfg)
+    if cfg.agents.env:
+        from siirl_core.agents.config_checks import validate_agents
+        validate_agents(cfg)
     resume = cfg.trainer.resume
     if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
         raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "

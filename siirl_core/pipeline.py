@@ -53,7 +53,7 @@ def pad_batch(batch: RolloutBatch, pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _timed(name: str, fn: Callable) -> Callable:
+def timed(name: str, fn: Callable) -> Callable:
     def run(worker, ctx, bag: MetricBag):
         t0 = time.perf_counter()
         fn(worker, ctx, bag)
@@ -389,9 +389,9 @@ def resolve_pipeline(cfg) -> list[Callable]:
     out = []
     for entry in cfg.algorithm.pipeline or default_pipeline(cfg):
         if entry in NODES:
-            out.append(_timed(entry, NODES[entry]))
+            out.append(timed(entry, NODES[entry]))
         elif ":" in entry:
-            out.append(_timed(entry.rsplit(":", 1)[1], load_callable(entry, "algorithm.pipeline")))
+            out.append(timed(entry.rsplit(":", 1)[1], load_callable(entry, "algorithm.pipeline")))
         else:
             raise ValueError(f"algorithm.pipeline entry {entry!r} is neither a built-in node "
                              f"({', '.join(NODES)}) nor 'module:function' / 'file.py:function'")

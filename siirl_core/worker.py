@@ -42,6 +42,14 @@ class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the earlier ones are intact."""
 
 
+def worker_class(cfg: dict):
+    """The rank worker a config needs: multi-agent when it names an environment."""
+    if cfg.get("agents", {}).get("env"):
+        from siirl_core.agents.worker import MultiAgentWorker
+        return MultiAgentWorker
+    return RankWorker
+
+
 class RankWorker:
     def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int,
                  master_addr: str = "127.0.0.1", master_port: int = 29500,
@@ -187,11 +195,8 @@ class RankWorker:
         folder = ckpt.step_dir(root_uri, self.step)
         staging = tempfile.mkdtemp(prefix=f"siirl-save-{self.step}-r{self.rank}-")
         try:
-            self.actor.engine.save_checkpoint(os.path.join(staging, "engine"), tag="state")
-            if self.critic is not None:
-                self.critic.engine.save_checkpoint(os.path.join(staging, "critic"), tag="state")
+            self._stage_models(staging)
             save_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
-            self.export(os.path.join(staging, "policy"))
             if self.rank == 0:
                 with open(os.path.join(staging, "state.json"), "w") as f:
                     # Prompts are a function of (seed, step): the next step is the data position.
@@ -216,13 +221,32 @@ class RankWorker:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
 
+    def _stage_models(self, staging: str) -> None:
+        """Every engine's state (each rank its shards) and the policy as an HF directory."""
+        self.actor.engine.save_checkpoint(os.path.join(staging, "engine"), tag="state")
+        if self.critic is not None:
+            self.critic.engine.save_checkpoint(os.path.join(staging, "critic"), tag="state")
+        self.export(os.path.join(staging, "policy"))
+
+    def _is_engine_file(self, rel: str) -> bool:
+        return rel.startswith(("engine/", "critic/"))
+
+    def _load_models(self, staging: str) -> None:
+        self.actor.engine.load_checkpoint(os.path.join(staging, "engine"), tag="state",
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+        self.actor.set_base_lr(self.cfg.trainer.lr)
+        if self.critic is not None:
+            self.critic.engine.load_checkpoint(os.path.join(staging, "critic"), tag="state",
+                                               load_optimizer_states=True, load_lr_scheduler_states=True)
+            self.critic.actor.set_base_lr(self.cfg.critic.lr)
+
     def _wanted(self, rel: str) -> bool:
         # This rank's optimizer shard and RNG, plus what every rank loads (model states).
         if "zero_pp_rank_" in rel:
             return f"zero_pp_rank_{self.rank}_" in rel
         if rel.startswith("rng_rank"):
             return rel == f"rng_rank{self.rank}.safetensors"
-        return rel.startswith(("engine/", "critic/")) or rel == "state.json"
+        return self._is_engine_file(rel) or rel == "state.json"
 
     def restore(self, folder: str, step: int) -> int:
         st = self.cfg.storage
@@ -243,22 +267,19 @@ class RankWorker:
             errors = [e for e in all_gather(error) if e]
             if errors:
                 raise ckpt.ChecksumError(errors[0]) if "checksum" in errors[0] else FileNotFoundError(errors[0])
-            self.actor.engine.load_checkpoint(os.path.join(staging, "engine"), tag="state",
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
-            self.actor.set_base_lr(self.cfg.trainer.lr)
-            if self.critic is not None:
-                self.critic.engine.load_checkpoint(os.path.join(staging, "critic"), tag="state",
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
-                self.critic.actor.set_base_lr(self.cfg.critic.lr)
+            self._load_models(staging)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
             with open(os.path.join(staging, "state.json")) as f:
                 # The adaptive KL coefficient moves every step; the replay must start where it was.
                 self.kl_ctrl.value = json.load(f).get("kl_reward_coef", self.kl_ctrl.value)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self.rollout.sync_weights(self.actor.named_weights())
+        self._after_restore()
         self.step = step
         return step
+
+    def _after_restore(self) -> None:
+        self.rollout.sync_weights(self.actor.named_weights())
 
     def export(self, out_dir: str) -> str:
         """The policy as an HF-format directory (loads in transformers and vLLM). Every

@@ -66,3 +66,20 @@ def greedy_eval(cfg: SiirlConfig, model_dir: str) -> float:
     from siirl_core.sft import greedy_accuracy
 
     return greedy_accuracy(model_dir, build_task(cfg.task), cfg.rollout.max_new_tokens)
+
+
+@task(cache_policy=NO_CACHE)
+def make_agent_base_model(cfg: SiirlConfig, pid: str, index: int) -> str:
+    """A fresh model for one multi-agent policy over the environment's alphabet; separate
+    policies get separate initialisations (seed + their index)."""
+    from siirl_core.agents.config_checks import policy_alphabet
+    from siirl_core.models import create_tiny_model
+
+    spec, alphabet = cfg.agents.policy(pid), policy_alphabet(cfg)
+    seed = cfg.trainer.seed + index
+    out = os.path.join(cfg.storage.cache_dir,
+                       f"agent-base-{spec.size}-{_key(alphabet, spec.size, cfg.model.architecture, seed)}")
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        create_tiny_model(out + ".tmp", alphabet, size=spec.size, architecture=cfg.model.architecture, seed=seed)
+        os.replace(out + ".tmp", out)
+    return out

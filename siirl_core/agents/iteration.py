@@ -1,0 +1,111 @@
+"""One multi-agent iteration as pipeline nodes over a rank's context: play the
+episodes of this rank's starts, assign credit, update each policy on its agents' turns."""
+from __future__ import annotations
+
+import torch
+
+from siirl_core.agents.credit import CREDIT_ASSIGNMENTS
+from siirl_core.agents.episodes import allowed_mask, restrict, run_episodes
+from siirl_core.algorithms import ADVANTAGE_ESTIMATORS
+from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
+from siirl_core.data import shard
+from siirl_core.metrics import MetricBag
+from siirl_core.pipeline import pad_batch
+from siirl_core.rollout.base import RolloutBatch
+from siirl_core.training.actor import policy_loss_terms
+from siirl_core.training.logprobs import response_logits
+
+
+def episode_seed(w, step: int) -> int:
+    return (w.cfg.trainer.seed * 100_003 + step) * 1_009 + w.rank
+
+
+def record_outcomes(bag: MetricBag, prefix: str, agent_names: list[str], outcomes: list) -> None:
+    """Team and per-agent means of a list of Outcomes, under `prefix` ("" or "val/")."""
+    n = len(outcomes)
+    bag.add(f"{prefix}episode/success", sum(o.success for o in outcomes) / max(n, 1), weight=n)
+    bag.add(f"{prefix}reward/mean", sum(o.team for o in outcomes) / max(n, 1), weight=n)
+    for name in agent_names:
+        bag.add(f"{prefix}agent/{name}/reward/mean", sum(o.rewards[name] for o in outcomes) / max(n, 1), weight=n)
+    for key in sorted({k for o in outcomes for k in o.stats}):
+        bag.add(f"{prefix}{key}", sum(o.stats.get(key, 0.0) for o in outcomes) / max(n, 1), weight=n)
+
+
+def node_episodes(w, ctx, bag):
+    cfg, a = w.cfg, w.cfg.agents
+    starts = shard(w.env.starts(cfg.trainer.seed, ctx["step"], cfg.trainer.prompts_per_step), w.rank, w.world_size)
+    turns, transcripts = run_episodes(w.env, starts, cfg.rollout.n, a.agents, a.graph, a.rounds, w.policies,
+                                      episode_seed(w, ctx["step"]))
+    episodes = [starts[e // cfg.rollout.n] for e in range(len(transcripts))]
+    ctx["turns"], ctx["outcomes"] = turns, [w.env.outcome(s, t) for s, t in zip(episodes, transcripts)]
+    ctx["group_index"] = torch.tensor([e // cfg.rollout.n for e in range(len(episodes))])
+    record_outcomes(bag, "", w.agent_names, ctx["outcomes"])
+    bag.add("reward/accuracy", sum(o.success for o in ctx["outcomes"]) / len(episodes), weight=len(episodes))
+    for name in w.agent_names:
+        lengths = [len(t.response_ids) for t in turns if t.agent == name]
+        if lengths:
+            bag.add(f"agent/{name}/response/length_mean", sum(lengths) / len(lengths), weight=len(lengths))
+    bag.add("perf/rollout_tokens", sum(len(t.response_ids) for t in turns), reduce="sum")
+
+
+def node_credit(w, ctx, bag):
+    """Advantages [episodes, agents] by the configured credit assignment."""
+    names = w.agent_names
+    rewards = torch.tensor([[o.rewards[n] for n in names] for o in ctx["outcomes"]], dtype=torch.float32)
+    team = torch.tensor([o.team for o in ctx["outcomes"]], dtype=torch.float32)
+    assign = CREDIT_ASSIGNMENTS.get(w.cfg.agents.credit)
+    ctx["advantages"] = assign(rewards, team, ctx["group_index"], ADVANTAGE_ESTIMATORS.get(w.cfg.algorithm.adv_estimator))
+
+
+def policies_to_update(w, step: int) -> list[str]:
+    trainable = list(w.actors)
+    if w.cfg.agents.schedule == "alternating":
+        return [trainable[(step - 1) % len(trainable)]]
+    return trainable
+
+
+def node_update(w, ctx, bag):
+    column = {n: i for i, n in enumerate(w.agent_names)}
+    tokens = 0
+    for pid in policies_to_update(w, ctx["step"]):
+        turns = [t for t in ctx["turns"] if t.policy == pid]
+        adv = torch.tensor([float(ctx["advantages"][t.episode, column[t.agent]]) for t in turns])
+        tokens += update_policy(w, pid, turns, adv, bag)
+        bag.add(f"policy/{pid}/updated", 1.0)
+    bag.add("perf/train_tokens", tokens, reduce="sum")
+
+
+def _row_masks(w, pid: str, turns: list) -> torch.Tensor:
+    """Each turn's action mask [B, V] (all True for agents without one)."""
+    tok = w.policies[pid].tokenizer
+    vocab = w.actors[pid].module.config.vocab_size
+    by_agent = {a.name: allowed_mask(tok, a.allowed, vocab) for a in w.cfg.agents.agents if a.policy == pid}
+    full = torch.ones(vocab, dtype=torch.bool)
+    return torch.stack([by_agent[t.agent] if by_agent[t.agent] is not None else full for t in turns])
+
+
+def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: MetricBag) -> int:
+    """One on-policy step of policy `pid` on its agents' turns (advantage per turn)."""
+    actor, tok = w.actors[pid], w.policies[pid].tokenizer
+    rb = RolloutBatch([t.prompt_ids for t in turns], [t.response_ids for t in turns], [t.logprobs for t in turns],
+                      [t.finished for t in turns], [t.episode for t in turns])
+    t = pad_batch(rb, tok.pad_token_id)
+    masks = _row_masks(w, pid, turns)  # [B, V]
+    temperature = {a.name: a.temperature for a in w.cfg.agents.agents}
+    temps = torch.tensor([temperature[x.agent] for x in turns])  # [B]
+    adv = advantages[:, None] * t["response_mask"]  # [B, R]
+    n, micro_size, tokens = len(turns), w.cfg.trainer.micro_batch_size, 0
+    for micro in torch.arange(n).split(micro_size):
+        logits = response_logits(actor.engine, t["input_ids"][micro], t["attention_mask"][micro], t["response_len"])
+        logits = restrict(logits / temps[micro, None, None], masks[micro])  # [b, R, V]
+        lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:])
+        loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro],
+                                    t["response_mask"][micro], w.cfg.algorithm)
+        actor.micro_step(loss * (len(micro) / n) * actor.grad_accum)
+        weight = float(t["response_mask"][micro].sum())
+        tokens += int(t["attention_mask"][micro].sum())
+        for k, v in m.items():
+            bag.add(f"policy/{pid}/{k}", v, weight=weight)
+    bag.add(f"policy/{pid}/actor/grad_norm", actor.grad_norm())
+    bag.add(f"policy/{pid}/actor/lr", actor.current_lr())
+    return tokens

@@ -1,0 +1,65 @@
+"""Multi-agent training in process (one rank, real DeepSpeed engines): exploiting a
+biased opponent, self-play with two policies, one policy shared by two agents, and
+the alternating schedule."""
+import pytest
+
+from siirl_core.agents.config_checks import policy_alphabet
+from siirl_core.agents.worker import MultiAgentWorker, trainable_policies
+from siirl_core.compose import compose_config
+from siirl_core.config import to_dict
+from siirl_core.models import create_tiny_model
+from tests.conftest import _free_port
+
+pytestmark = pytest.mark.slow
+
+
+def make_worker(tmp_path, overrides: list[str]) -> MultiAgentWorker:
+    cfg = compose_config(overrides)
+    paths = {pid: create_tiny_model(str(tmp_path / pid), policy_alphabet(cfg), seed=cfg.trainer.seed + i)
+             for i, pid in enumerate(trainable_policies(cfg.agents))}
+    worker = MultiAgentWorker(to_dict(cfg), paths, rank=0, world_size=1, master_port=_free_port())
+    worker.setup()
+    return worker
+
+
+def test_policy_learns_to_exploit_a_biased_opponent(tmp_path):
+    # The opponent plays rock 80% of the time: always paper wins 80%.
+    w = make_worker(tmp_path, ["agents=rps_biased"])
+    before = w.evaluate()["val/accuracy"]
+    w.run_until(w.cfg.trainer.steps)
+    after = w.evaluate()
+    assert before < 0.4 and after["val/accuracy"] >= 0.6, (before, after)
+    assert after["val/agent/player/win"] == after["val/accuracy"]
+    assert after["val/agent/player/reward/mean"] == pytest.approx(-after["val/agent/opponent/reward/mean"])
+
+
+def test_self_play_trains_both_policies_and_logs_both_sides(tmp_path):
+    w = make_worker(tmp_path, ["agents=rps_selfplay"])
+    assert list(w.actors) == ["alice", "bob"] and w.actors["alice"] is not w.actors["bob"]
+    for step in range(1, 4):
+        m = w.run_until(step)
+        assert m["agent/alice/reward/mean"] == pytest.approx(-m["agent/bob/reward/mean"])  # zero-sum
+        for pid in ("alice", "bob"):
+            assert m[f"policy/{pid}/updated"] == 1.0 and m[f"policy/{pid}/actor/grad_norm"] > 0
+            assert f"agent/{pid}/win" in m
+
+
+def test_one_policy_shared_by_speaker_and_listener(tmp_path):
+    w = make_worker(tmp_path, ["agents=referential", "agents.agents.0.policy=shared", "agents.agents.1.policy=shared",
+                               "~agents.policies.speaker", "~agents.policies.listener", "+agents.policies.shared.init=base"])
+    assert list(w.actors) == ["shared"]
+    m = w.run_until(2)
+    # Both agents' turns train the one engine: 16 starts x 16 episodes x 2 turns.
+    assert m["perf/rollout_tokens"] == 512
+    assert {"agent/speaker/reward/mean", "agent/listener/reward/mean", "policy/shared/actor/pg_loss"} <= set(m)
+
+
+def test_alternating_schedule_updates_one_policy_per_step(tmp_path):
+    w = make_worker(tmp_path, ["agents=rps_selfplay", "agents.schedule=alternating"])
+    params = {pid: [p.detach().clone() for p in a.module.parameters()] for pid, a in w.actors.items()}
+    m = w.run_until(1)
+    assert "policy/alice/updated" in m and "policy/bob/updated" not in m
+    moved = {pid: any((p != q).any() for p, q in zip(a.module.parameters(), params[pid]))
+             for pid, a in w.actors.items()}
+    assert moved == {"alice": True, "bob": False}
+    assert "policy/bob/updated" in w.run_until(2)
