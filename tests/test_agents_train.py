@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def make_worker(tmp_path, overrides: list[str]) -> MultiAgentWorker:
     cfg = compose_config(overrides)
-    paths = {pid: create_tiny_model(str(tmp_path / pid), policy_alphabet(cfg), seed=cfg.trainer.seed + i)
+    paths = {pid: create_tiny_model(str(tmp_path / pid), policy_alphabet(cfg), size=cfg.agents.policy(pid).size,
+                                    seed=cfg.trainer.seed + i)
              for i, pid in enumerate(trainable_policies(cfg.agents))}
     worker = MultiAgentWorker(to_dict(cfg), paths, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
@@ -63,3 +64,16 @@ def test_alternating_schedule_updates_one_policy_per_step(tmp_path):
              for pid, a in w.actors.items()}
     assert moved == {"alice": True, "bob": False}
     assert "policy/bob/updated" in w.run_until(2)
+
+
+def test_debate_rounds_with_policies_of_different_sizes(tmp_path):
+    w = make_worker(tmp_path, ["agents=rps_selfplay", "agents.graph=rounds", "agents.rounds=2",
+                               "+agents.policies.bob.size=mini", "agents.agents.1.template='M{history}:'"])
+    assert w.actors["bob"].total_parameters() > w.actors["alice"].total_parameters()
+    m = w.run_until(1)
+    assert m["perf/rollout_tokens"] == 16 * 8 * 2 * 2  # starts x episodes x rounds x agents, one token each
+    bob = [t for t in w.last_ctx["turns"] if t.agent == "bob"]
+    first, second = bob[0], bob[len(bob) // 2]  # episode 0 in round 1, then in round 2
+    # Round 1: bob sees alice's move; round 2: all three earlier moves.
+    assert len(w.policies["bob"].tokenizer.decode(first.prompt_ids, skip_special_tokens=True)) == len("M?:")
+    assert len(w.policies["bob"].tokenizer.decode(second.prompt_ids, skip_special_tokens=True)) == len("M???:")
