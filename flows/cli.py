@@ -17,10 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     command, overrides = argv[0], argv[1:]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from siirl_core.compose import compose_config
-    from siirl_core.config import ConfigError
+    from siirl_core.config import ConfigError, single_policy_only
 
     try:
-        compose_config(overrides)  # validate before Prefect, Dask or any model starts
+        cfg = compose_config(overrides)  # validate before Prefect, Dask or any model starts
+        if command in ("retrain", "evaluate"):
+            single_policy_only(cfg, command)
     except ConfigError as err:
         print(f"siirl: configuration error: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from rich.markdown import Markdown
 
 from flows.progress import console
 from siirl_core.compose import compose_config
+from siirl_core.config import single_policy_only
 from tasks.evaluation import fetch_policy, resolve_source, sample_and_score, save_results
 
 
@@ -24,6 +25,7 @@ def _markdown(source: dict, results: dict, where: str) -> str:
 @flow(name="siirl-evaluate", log_prints=True)
 def evaluate_flow(overrides: list[str] | None = None) -> dict:
     cfg = compose_config(list(overrides or []))  # fails here, before any model is loaded
+    single_policy_only(cfg, "evaluate")
     source = resolve_source(cfg)
     with tempfile.TemporaryDirectory(prefix="siirl-eval-") as scratch:
         model_dir = fetch_policy(cfg, source, scratch)

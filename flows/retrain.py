@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.train import run_training
 from siirl_core import checkpoint as ckpt
 from siirl_core.compose import compose_config
-from siirl_core.config import SiirlConfig
+from siirl_core.config import SiirlConfig, single_policy_only
 from siirl_core.storage import join
 from tasks.champion import record_verdict, starting_point
 
@@ -73,6 +73,7 @@ def _verdict_markdown(d: dict) -> str:
 def retrain_flow(overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
     cfg = compose_config(overrides)  # fails here, before any model is loaded
+    single_policy_only(cfg, "retrain")
     date = cfg.retrain.date or _scheduled_date()
     tag = f"{date}-{datetime.datetime.now(datetime.timezone.utc):%H%M%S}"
     start = starting_point(cfg)

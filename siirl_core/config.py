@@ -444,6 +444,13 @@ def _validate_reward(cfg: SiirlConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
+def single_policy_only(cfg: SiirlConfig, command: str) -> None:
+    """Retraining and the evaluation flow work on one policy; say so before starting."""
+    if cfg.agents.env:
+        raise ConfigError(f"agents.env={cfg.agents.env!r}: `siirl {command}` takes single-policy runs; "
+                          "a multi-agent run evaluates itself during training (val/ metrics)")
+
+
 def _validate_retrain_and_evaluate(cfg: SiirlConfig) -> None:
     _positive("retrain.iterations", cfg.retrain.iterations)
     _positive("retrain.margin", cfg.retrain.margin, zero_ok=True)

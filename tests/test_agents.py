@@ -2,6 +2,7 @@
 interaction graph, environment outcomes, action masks in sampling and training, and
 config errors that name the key."""
 import re
+import subprocess
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from siirl_core.config import AgentSpec, ConfigError
 from siirl_core.data import ArithmeticTask
 from siirl_core.models import create_tiny_model, load_causal_lm, load_tokenizer
 from siirl_core.training.logprobs import response_logits
+from tests.conftest import ROOT, siirl_cli
 
 GRPO = ADVANTAGE_ESTIMATORS.get("grpo")
 
@@ -108,3 +110,10 @@ def test_presets_compose():
         cfg = compose_config([f"agents={preset}"])
         assert cfg.agents.env and len(cfg.agents.agents) == 2
     assert compose_config([]).agents.env == ""  # single-agent by default
+
+
+def test_single_policy_commands_refuse_a_multi_agent_config():
+    proc = subprocess.run(siirl_cli() + ["retrain", "agents=referential"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "agents.env='referential': `siirl retrain` takes single-policy runs" in proc.stderr
