@@ -96,6 +96,8 @@ class RankGroup:
         self.actors = [f.result() for f in futures]
         self.workers = workers
         self.info = self.call("setup")
+        for i in self.info:  # a recycled pid must not inherit an old process's exit reason
+            DEATH_REASONS.by_pid.pop(i["pid"], None)
         return self
 
     def _alive(self) -> set[str]:
