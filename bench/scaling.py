@@ -2,7 +2,7 @@
 on the same global batch, and the scaling efficiency.
 
     .venv/bin/python bench/scaling.py [--iterations 30] [--warmup 5] [--out FILE] [overrides ...]
-    # one GPU (not run yet: no GPU was available to this project's sessions so far)
+    # one GPU: a dask-cuda worker, DeepSpeed over NCCL in bf16 (rollout=hf where vLLM is missing)
     python bench/scaling.py --cluster local_cuda --ranks 1 [overrides ...]
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import warm_policy  # noqa: E402
@@ -29,6 +31,7 @@ def measure(n_ranks: int, policy: str, overrides: list[str], iterations: int, wa
     samples = cfg.trainer.prompts_per_step * cfg.rollout.n
     with dask_client(cluster, n_ranks, 1) as client:
         group = start_rank_group(client, to_dict(cfg), policy, n_ranks)
+        print(f"{n_ranks} rank(s) set up: {group.info}", flush=True)
         walls, worker_s = [], []
         for step in range(1, warmup + iterations + 1):
             t0 = time.perf_counter()
@@ -62,10 +65,12 @@ def main() -> None:
               f"(min {r['min_s']:.3f}, max {r['max_s']:.3f}), {r['samples_per_s']:.0f} samples/s")
     if efficiency is not None:
         print(f"scaling efficiency 1 -> 2 ranks: {efficiency:.2f}")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    print(f"device: {gpu or 'CPU'}, {os.cpu_count()} CPUs, cluster {args.cluster}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": rows, "efficiency": efficiency, "cpus": os.cpu_count(), "cluster": args.cluster,
-                       "overrides": args.overrides}, f, indent=1)
+                       "gpu": gpu, "overrides": args.overrides}, f, indent=1)
 
 
 if __name__ == "__main__":

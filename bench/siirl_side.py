@@ -38,6 +38,7 @@ def main() -> None:
                "train_s": [r["timing_s/update"] for r in timed],
                "final_reward": rows[-1]["reward/mean"], "rewards": [r["reward/mean"] for r in rows],
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
                "parameters": worker.actor.total_parameters()}, open(out_path, "w"))
 
 

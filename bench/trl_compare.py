@@ -4,6 +4,8 @@ model-FLOPs utilisation computed in the same run.
 
     bash scripts/setup.sh bench && .venv/bin/python bench/trl_compare.py [--sizes tiny,small,medium]
         [--iterations 5] [--repeats 3] [--out docs/benchmarks/trl_compare]
+    # one GPU (siirl with the hf backend where vLLM is not installed; TRL's python given)
+    python bench/trl_compare.py --device cuda --sides siirl-hf,trl --trl-python python3 --scaling-size '' --out FILE
 
 Each side runs in its own process with SPEC["threads"] threads: siirl in .venv, TRL in
 .venv-trl (made by bench/setup_trl.sh). Same model directory (the tiny-model factory
@@ -33,18 +35,32 @@ from work_spec import SPEC, siirl_overrides  # noqa: E402
 SIDES = ("siirl-vllm", "siirl-hf", "trl")
 
 
-def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 matmul FLOP/s with `threads` threads (the ceiling for MFU)."""
+def matmul_peak_flops(threads: int, device: str = "cpu", repeats: int = 10) -> float:
+    """Best matmul FLOP/s: fp32 with `threads` threads on the CPU, bf16 on a GPU (the
+    precision both sides train in there); the ceiling for MFU."""
     import torch
 
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # and back after: the shared warm start uses every core
+    size, dtype = (1024, torch.float32) if device == "cpu" else (8192, torch.bfloat16)
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first product warms up
         t0 = time.perf_counter()
         a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(before)
     return 2 * size ** 3 / best
+
+
+def machine(device: str) -> dict:
+    info = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "device": device}
+    if device == "cuda":
+        import torch
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def prepare(size: str, iterations: int, tmp: str) -> tuple[str, str, float]:
@@ -53,7 +69,7 @@ def prepare(size: str, iterations: int, tmp: str) -> tuple[str, str, float]:
     from siirl_core.compose import compose_config
     from siirl_core.data import build_task
 
-    cfg = compose_config(siirl_overrides(SPEC, size, "vllm", iterations))
+    cfg = compose_config(siirl_overrides(SPEC, size, "hf", iterations))
     model_dir = warm_policy(cfg, os.path.join(tmp, size))
     task = build_task(cfg.task)
     path = os.path.join(tmp, f"prompts-{size}.jsonl")
@@ -66,20 +82,33 @@ def prepare(size: str, iterations: int, tmp: str) -> tuple[str, str, float]:
     return model_dir, path, statistics.mean(lengths)
 
 
-def run_side(side: str, size: str, model_dir: str, prompts: str, iterations: int, trl_python: str, tmp: str) -> dict:
+def run_side(side: str, size: str, model_dir: str, prompts: str, iterations: int, trl_python: str, tmp: str,
+             device: str) -> dict:
     out = os.path.join(tmp, f"{side}-{size}-{time.monotonic_ns()}.json")
     spec = json.dumps(SPEC)
     if side == "trl":
-        cmd = [trl_python, os.path.join(HERE, "trl_side.py"), spec, model_dir, prompts, str(iterations), out]
-    else:
+        cmd = [trl_python, os.path.join(HERE, "trl_side.py"), spec, model_dir, prompts, str(iterations), out, device]
+    else:  # siirl puts the model on the GPU whenever torch sees one
         cmd = [sys.executable, os.path.join(HERE, "siirl_side.py"), spec, model_dir, size, side.split("-")[1],
                str(iterations), out]
-    env = dict(os.environ, OMP_NUM_THREADS=str(SPEC["threads"]), PYTHONPATH=ROOT)
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(SPEC["threads"]), PYTHONPATH=path)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{side} on {size} failed:\n{proc.stderr[-4000:]}")
     with open(out) as f:
         return json.load(f)
+
+
+def measure_scaling(size: str, model_dir: str, iterations: int, backend: str) -> dict:
+    """siirl on the same work with 1 and 2 ranks (Dask worker processes, one thread each;
+    2 ranks split the prompts 8 + 8), measured from the driver as bench/scaling.py does."""
+    from scaling import measure
+
+    overrides = siirl_overrides(SPEC, size, backend, iterations)
+    rows = [measure(n, model_dir, overrides, iterations, SPEC["warmup"]) for n in (1, 2)]
+    return {"size": size, "backend": backend, "rows": rows,
+            "efficiency": rows[1]["samples_per_s"] / (2 * rows[0]["samples_per_s"])}
 
 
 def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
@@ -96,6 +125,7 @@ def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
         "rollout_mfu": 2 * params * gen_tokens / med(roll) / peak,
         "train_mfu": 6 * params * train_tokens / med(train) / peak,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "final_reward": [r["final_reward"] for r in runs], "parameters": params,
     }
 
@@ -103,22 +133,31 @@ def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
 def write_report(result: dict, out: str, command: str) -> None:
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=1)
+    m = result["machine"]
+    peak = (f"fp32 matmul peak at that thread count: {result['peak_gflops']:.1f} GFLOP/s" if m["device"] == "cpu"
+            else f"GPU: {m['gpu']}, bf16 matmul peak {result['peak_gflops'] / 1e3:.0f} TFLOP/s")
     lines = [f"Command: `{command}`", "",
-             f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}), "
-             f"{SPEC['threads']} thread per process; fp32 matmul peak at that thread count: "
-             f"{result['peak_gflops']:.1f} GFLOP/s.", "",
+             f"Machine: {m['cpus']} CPUs ({m['processor']}), {SPEC['threads']} thread per process; {peak}.", "",
              "| model | side | s/iter (median, min-max) | vs TRL | rollout tok/s | train tok/s | rollout MFU | "
-             "train MFU | peak RSS MiB | final reward (each repeat) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "train MFU | peak RSS MiB | peak GPU MiB | final reward (each repeat) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, sides in result["sizes"].items():
-        trl = sides["trl"]["s_per_iter"]["median"]
+        trl = sides["trl"]["s_per_iter"]["median"] if "trl" in sides else float("nan")
         for side, s in sides.items():
             it = s["s_per_iter"]
             lines.append(f"| {size} ({s['parameters'] / 1e6:.2f}M) | {side} | {it['median']:.3f} "
                          f"({it['min']:.3f}-{it['max']:.3f}) | {trl / it['median']:.2f}x | "
                          f"{s['rollout_tokens_per_s']:.0f} | {s['train_tokens_per_s']:.0f} | "
-                         f"{s['rollout_mfu']:.3f} | {s['train_mfu']:.3f} | {s['peak_rss_mib']:.0f} | "
+                         f"{s['rollout_mfu']:.4f} | {s['train_mfu']:.4f} | {s['peak_rss_mib']:.0f} | "
+                         f"{s['peak_gpu_mib'] or 0:.0f} | "
                          f"{', '.join(f'{r:.3f}' for r in s['final_reward'])} |")
+    if "scaling" in result:
+        sc = result["scaling"]
+        lines += ["", f"Scaling, siirl-{sc['backend']} on {sc['size']}, the same work on 1 and 2 ranks "
+                  f"(one thread each): efficiency {sc['efficiency']:.2f}", "",
+                  "| ranks | s/iter (median, min-max) | samples/s |", "|---|---|---|"]
+        lines += [f"| {r['ranks']} | {r['median_s_per_iteration']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) | "
+                  f"{r['samples_per_s']:.0f} |" for r in sc["rows"]]
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(result, out + ".png")
@@ -131,9 +170,10 @@ def _plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     sizes = list(result["sizes"])
+    sides = result["sides"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(SIDES)
-    for i, side in enumerate(SIDES):
+    width = 0.8 / len(sides)
+    for i, side in enumerate(sides):
         med = [result["sizes"][s][side]["s_per_iter"]["median"] for s in sizes]
         lo = [m - result["sizes"][s][side]["s_per_iter"]["min"] for m, s in zip(med, sizes)]
         hi = [result["sizes"][s][side]["s_per_iter"]["max"] - m for m, s in zip(med, sizes)]
@@ -141,8 +181,9 @@ def _plot(result: dict, path: str) -> None:
     ax.set_xticks([x + width for x in range(len(sizes))], sizes)
     ax.set_yscale("log")
     ax.set_ylabel("seconds per iteration (log)")
+    where = result["machine"].get("gpu") or f"{SPEC['threads']} CPU thread"
     ax.set_title(f"{SPEC['prompts_per_step']} prompts x {SPEC['n']} samples x {SPEC['max_new_tokens']} tokens, "
-                 f"{SPEC['threads']} thread")
+                 f"{where}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -154,25 +195,34 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "trl_compare"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--sides", default=",".join(SIDES), help="which of siirl-vllm, siirl-hf, trl to run")
+    ap.add_argument("--trl-python", default="", help="a python that has TRL (default: make .venv-trl)")
+    ap.add_argument("--scaling-size", default="small", help="also run siirl on 1 and 2 ranks for this size "
+                    "('' to skip)")
     args = ap.parse_args()
-    trl_python = os.path.join(ROOT, subprocess.check_output(["bash", os.path.join(HERE, "setup_trl.sh")],
-                                                            text=True).strip().splitlines()[-1], "bin", "python")
-    peak = matmul_peak_flops(SPEC["threads"])
-    result = {"spec": SPEC, "peak_gflops": peak / 1e9, "sizes": {},
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}}
+    sides = tuple(args.sides.split(","))
+    trl_python = args.trl_python or os.path.join(ROOT, subprocess.check_output(
+        ["bash", os.path.join(HERE, "setup_trl.sh")], text=True).strip().splitlines()[-1], "bin", "python")
+    peak = matmul_peak_flops(SPEC["threads"], args.device)
+    result = {"spec": SPEC, "peak_gflops": peak / 1e9, "sizes": {}, "sides": sides, "machine": machine(args.device)}
+    command = "python bench/trl_compare.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             model_dir, prompts, prompt_len = prepare(size, args.iterations, tmp)
-            runs: dict[str, list] = {s: [] for s in SIDES}
+            runs: dict[str, list] = {s: [] for s in sides}
             for rep in range(args.repeats):
-                order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]  # alternate who goes first
+                order = sides[rep % len(sides):] + sides[:rep % len(sides)]  # alternate who goes first
                 for side in order:
-                    runs[side].append(run_side(side, size, model_dir, prompts, args.iterations, trl_python, tmp))
+                    runs[side].append(run_side(side, size, model_dir, prompts, args.iterations, trl_python, tmp,
+                                               args.device))
                     print(f"{size} {side} repeat {rep + 1}: median "
                           f"{statistics.median(runs[side][-1]['iteration_s']):.3f} s/iter", flush=True)
             result["sizes"][size] = {s: summarise(r, prompt_len, peak) for s, r in runs.items()}
-    command = "python bench/trl_compare.py " + " ".join(sys.argv[1:])
-    write_report(result, args.out, command)
+            siirl_sides = [s for s in sides if s.startswith("siirl-")]
+            if size == args.scaling_size and siirl_sides:
+                result["scaling"] = measure_scaling(size, model_dir, args.iterations, siirl_sides[-1].split("-")[1])
+            write_report(result, args.out, command)  # after every size: a cut-short run keeps what it measured
     print(open(args.out + ".md").read())
 
 

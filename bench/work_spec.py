@@ -31,8 +31,9 @@ def siirl_overrides(spec: dict, size: str, backend: str, iterations: int) -> lis
             f"reward.function={REWARD}", f"trainer.micro_batch_size={spec['prompts_per_step'] * spec['n']}"]
 
 
-def trl_config_kwargs(spec: dict, iterations: int, output_dir: str) -> dict:
-    """GRPOConfig arguments for the same work: one generation batch = one optimizer step."""
+def trl_config_kwargs(spec: dict, iterations: int, output_dir: str, device: str = "cpu") -> dict:
+    """GRPOConfig arguments for the same work: one generation batch = one optimizer step.
+    On a GPU both sides train in bf16 mixed precision (siirl: DeepSpeed's bf16 mode)."""
     return {
         "output_dir": output_dir, "per_device_train_batch_size": spec["prompts_per_step"] * spec["n"],
         "num_generations": spec["n"], "max_completion_length": spec["max_new_tokens"],
@@ -40,7 +41,7 @@ def trl_config_kwargs(spec: dict, iterations: int, output_dir: str) -> dict:
         "epsilon": spec["clip"], "beta": spec["kl_coef"], "loss_type": "dapo",  # token-level mean, as siirl
         "temperature": spec["temperature"], "seed": spec["seed"], "max_steps": spec["warmup"] + iterations,
         "gradient_accumulation_steps": 1, "steps_per_generation": 1, "num_iterations": 1,
-        "shuffle_dataset": False, "logging_steps": 1, "report_to": [], "save_strategy": "no", "use_cpu": True,
-        "bf16": False, "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+        "shuffle_dataset": False, "logging_steps": 1, "report_to": [], "save_strategy": "no", "use_cpu": device == "cpu",
+        "bf16": device == "cuda", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
         "max_grad_norm": 1.0, "dataloader_num_workers": 0,
     }

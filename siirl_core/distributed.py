@@ -13,14 +13,30 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
     if dist.is_initialized():
         return dist.get_backend()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    # DeepSpeed reads the local rank and size (LOCAL_SIZE on CPU) from the environment.
+    # DeepSpeed reads the local rank and size (LOCAL_SIZE on CPU) from the environment
+    # and puts the model on GPU LOCAL_RANK; a dask-cuda worker sees its own GPU first.
+    device_rank = rank_device().index if torch.cuda.is_available() else local_rank
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(device_rank),
                       LOCAL_WORLD_SIZE=str(local_world_size), LOCAL_SIZE=str(local_world_size))
     # A timeout turns a dead peer into an error instead of a hang.
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return backend
+
+
+def rank_device() -> torch.device:
+    """This rank's device: the first visible GPU, else the CPU. dask-cuda starts each
+    worker with CUDA_VISIBLE_DEVICES rotated so that its own GPU comes first."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def collective_device() -> torch.device:
+    """Where tensors for collectives must live: NCCL reduces GPU tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def barrier() -> None:

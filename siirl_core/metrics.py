@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from siirl_core.distributed import collective_device
+
 REDUCTIONS = ("mean", "sum", "max", "min")
 
 
@@ -53,7 +55,8 @@ class MetricBag:
             group = [n for n in names if self._kinds[n] == kind]
             if not group:
                 continue
-            t = torch.tensor([self._values[n] for n in group], dtype=torch.float64)  # [K, 2]
+            t = torch.tensor([self._values[n] for n in group], dtype=torch.float64,
+                             device=collective_device())  # [K, 2]
             dist.all_reduce(t, op=op)
             for n, (a, w) in zip(group, t.tolist()):
                 out[n] = a / w if kind == "mean" and w else a

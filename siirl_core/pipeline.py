@@ -57,6 +57,8 @@ def timed(name: str, fn: Callable) -> Callable:
     def run(worker, ctx, bag: MetricBag):
         t0 = time.perf_counter()
         fn(worker, ctx, bag)
+        if torch.cuda.is_available():  # GPU work is asynchronous: finish it inside its node's time
+            torch.cuda.synchronize()
         bag.add(f"timing_s/{name}", time.perf_counter() - t0, reduce="max")
     return run
 
@@ -303,9 +305,10 @@ def node_critic_update(w, ctx, bag):
         for mb in _minibatches(t["input_ids"].shape[0], cfg.trainer.mini_batches, gen):
             for micro in mb.split(cfg.trainer.micro_batch_size):
                 v = response_values(w.critic.engine, t["input_ids"][micro], t["attention_mask"][micro],
-                                    t["response_len"])
-                loss, m = clipped_value_loss(v, ctx["values"][micro], ctx["returns"][micro],
-                                             t["response_mask"][micro], clip_range=cfg.critic.value_clip,
+                                    t["response_len"])  # on the critic's device
+                old_v, returns, mask = (x[micro].to(v.device) for x in (ctx["values"], ctx["returns"],
+                                                                       t["response_mask"]))
+                loss, m = clipped_value_loss(v, old_v, returns, mask, clip_range=cfg.critic.value_clip,
                                              loss_agg_mode=cfg.algorithm.loss_agg_mode)
                 w.critic.actor.micro_step(loss * (len(micro) / len(mb)) * w.critic.actor.grad_accum)
                 weight = float(t["response_mask"][micro].sum())
@@ -324,18 +327,21 @@ def _micro_loss(w, ctx, micro, bag):
     """The policy loss of one micro-batch, from one forward pass."""
     cfg, t = w.cfg, ctx["tensors"]
     logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro], t["response_len"],
-                             cfg.rollout.temperature)  # [b, R, V]
-    lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:])
+                             cfg.rollout.temperature)  # [b, R, V], on the actor's device
+
+    def rows(x):  # this micro-batch of a batch tensor (kept on the CPU), where the logits are
+        return None if x is None else x[micro].to(logits.device)
+
+    lp = logprobs_from_logits(logits, rows(t["input_ids"])[:, -t["response_len"]:])
+    mask = rows(t["response_mask"])
     full_kl = cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0
     if ctx.get("old_log_probs") is None:  # on-policy, one step: old = this very forward pass
         old = lp.detach()
-        isw = _record_mismatch(w, old, t["rollout_log_probs"][micro], t["response_mask"][micro], bag)
+        isw = _record_mismatch(w, old, rows(t["rollout_log_probs"]), mask, bag)
     else:
-        old = ctx["old_log_probs"][micro]
-        isw = ctx["is_weights"][micro] if ctx.get("is_weights") is not None else None
-    ref = ctx["ref_log_probs"][micro] if ctx.get("ref_log_probs") is not None else None
-    return policy_loss_terms(lp, entropy_from_logits(logits), old, ref, ctx["advantages"][micro],
-                             t["response_mask"][micro], cfg.algorithm, is_weights=isw,
+        old, isw = rows(ctx["old_log_probs"]), rows(ctx.get("is_weights"))
+    return policy_loss_terms(lp, entropy_from_logits(logits), old, rows(ctx.get("ref_log_probs")),
+                             rows(ctx["advantages"]), mask, cfg.algorithm, is_weights=isw,
                              kl_log_probs=torch.log_softmax(logits, -1) if full_kl else lp)
 
 

@@ -18,7 +18,7 @@ import torch
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig, from_dict, to_dict
 from siirl_core.data import build_task, shard
-from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_process_group
+from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_process_group, rank_device
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import resolve_pipeline, run_iteration
@@ -65,8 +65,9 @@ class RankWorker:
     # --- set-up -------------------------------------------------------------
     def setup(self) -> dict:
         cfg = self.cfg
-        init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
-                           local_world_size=self.local_world_size, timeout_s=cfg.cluster.collective_timeout_s)
+        self.backend = init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
+                                          local_world_size=self.local_world_size,
+                                          timeout_s=cfg.cluster.collective_timeout_s)
         self._seed_everything(cfg.trainer.seed)
         self.tokenizer = load_tokenizer(self.model_path)
         self.task = build_task(cfg.task, self.tokenizer)
@@ -75,13 +76,14 @@ class RankWorker:
         self.actor = self._build_actor(module)
         self.ref_module = None
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
-            self.ref_module = load_causal_lm(self.model_path).eval().requires_grad_(False)
+            self.ref_module = load_causal_lm(self.model_path).to(rank_device()).eval().requires_grad_(False)
         self.rollout = self._build_rollout()
         self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
         self.kl_ctrl = build_kl_controller(cfg.algorithm)
         self.pipeline = resolve_pipeline(cfg)
         self.ready = True
-        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
+        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
+                "device": str(rank_device()), "bf16": bool(self.actor.engine.bfloat16_enabled()),
                 "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
 
     def _seed_everything(self, seed: int) -> None:

@@ -38,3 +38,11 @@ def test_both_sides_get_the_same_work():
             assert cfg.trainer.grad_clip == trl["max_grad_norm"] and cfg.trainer.weight_decay == trl["weight_decay"]
             assert cfg.trainer.steps == trl["max_steps"] == spec["warmup"] + iterations
             assert cfg.reward.function == ws.REWARD and not trl["shuffle_dataset"]
+            assert trl["use_cpu"] and not trl["bf16"]  # siirl trains in fp32 on the CPU
+
+
+def test_on_a_gpu_trl_trains_in_bf16_like_siirl():
+    """siirl's DeepSpeed engines run in bf16 whenever a GPU is present; TRL is told the same."""
+    ws = _work_spec()
+    trl = ws.trl_config_kwargs(dict(ws.SPEC), 5, "/tmp/out", device="cuda")
+    assert not trl["use_cpu"] and trl["bf16"]

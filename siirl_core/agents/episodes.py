@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from siirl_core.training.logprobs import position_ids_from_mask
+from siirl_core.training.logprobs import module_device, position_ids_from_mask
 
 MASKED = -1e4  # finite: exp() underflows to 0 and 0 * logit stays 0 in the entropy
 
@@ -81,7 +81,8 @@ def restrict(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def sample(module, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, greedy: bool,
            mask: torch.Tensor | None, eos_id: int, pad_id: int, generator: torch.Generator):
     """Responses (token ids, up to and including EOS) and their log-probs under the
-    masked, tempered policy. Messages are a few tokens, so no KV cache."""
+    masked, tempered policy. Messages are a few tokens, so no KV cache. The forward
+    passes run on the module's device; sampling runs on the CPU, with `generator`."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])  # [B, P]
     attn = (ids != pad_id).long()
@@ -91,8 +92,9 @@ def sample(module, prompts: list[list[int]], *, max_new_tokens: int, temperature
     was_training = module.training
     module.eval()
     for _ in range(max_new_tokens):
-        logits = module(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),
-                        use_cache=False).logits[:, -1].float() / temperature  # [B, V]
+        on_device = {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn)}
+        on_device = {k: v.to(module_device(module)) for k, v in on_device.items()}
+        logits = module(**on_device, use_cache=False).logits[:, -1].float().cpu() / temperature  # [B, V]
         logp = torch.log_softmax(restrict(logits, mask), -1)
         tok = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
         for i in range(len(prompts)):

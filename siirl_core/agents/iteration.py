@@ -97,10 +97,11 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
     n, micro_size, tokens = len(turns), w.cfg.trainer.micro_batch_size, 0
     for micro in torch.arange(n).split(micro_size):
         logits = response_logits(actor.engine, t["input_ids"][micro], t["attention_mask"][micro], t["response_len"])
-        logits = restrict(logits / temps[micro, None, None], masks[micro])  # [b, R, V]
-        lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:])
-        loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro],
-                                    t["response_mask"][micro], w.cfg.algorithm)
+        dev = logits.device  # the actor's; the batch is built on the CPU
+        logits = restrict(logits / temps[micro, None, None].to(dev), masks[micro].to(dev))  # [b, R, V]
+        lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:].to(dev))
+        loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro].to(dev),
+                                    t["response_mask"][micro].to(dev), w.cfg.algorithm)
         actor.micro_step(loss * (len(micro) / n) * actor.grad_accum)
         weight = float(t["response_mask"][micro].sum())
         tokens += int(t["attention_mask"][micro].sum())

@@ -8,6 +8,7 @@ import torch
 
 from siirl_core.algorithms.entropy import logprobs_from_logits
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
+from siirl_core.training.logprobs import module_device
 
 
 class HFRollout:
@@ -22,6 +23,8 @@ class HFRollout:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])  # [B, P]
         mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+        device = module_device(self.module)
+        ids, mask = ids.to(device), mask.to(device)
         # Seed the global RNG from our generator: HF sampling uses torch's default generator.
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         was_training = self.module.training

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from siirl_core.training.actor import DeepSpeedActor
-from siirl_core.training.logprobs import position_ids_from_mask
+from siirl_core.training.logprobs import module_device, position_ids_from_mask
 
 
 def build_value_model(model_path: str, init_from_policy: bool) -> torch.nn.Module:
@@ -20,7 +20,10 @@ def build_value_model(model_path: str, init_from_policy: bool) -> torch.nn.Modul
 
 
 def response_values(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
-    """V(s_t) for each response token t: the value at the position before it. [B, P+R] -> [B, R]."""
+    """V(s_t) for each response token t: the value at the position before it. [B, P+R] -> [B, R],
+    on the module's device."""
+    device = module_device(module)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     out = module(input_ids=input_ids, attention_mask=attention_mask,
                  position_ids=position_ids_from_mask(attention_mask))
     return out.logits[:, -response_len - 1:-1, 0].float()
@@ -42,4 +45,4 @@ class Critic:
     def values(self, input_ids, attention_mask, response_len: int, micro_batch_size: int) -> torch.Tensor:
         parts = [response_values(self.engine, input_ids[s:s + micro_batch_size], attention_mask[s:s + micro_batch_size],
                                  response_len) for s in range(0, input_ids.shape[0], micro_batch_size)]
-        return torch.cat(parts, dim=0)  # [B, R]
+        return torch.cat(parts, dim=0).cpu()  # [B, R]

@@ -6,6 +6,11 @@ import torch
 from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
 
 
+def module_device(module) -> torch.device:
+    """Where a module's weights live (a DeepSpeed engine or a plain module)."""
+    return next(module.parameters()).device
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left-padded prompts: positions must count real tokens only, as generation does;
     # default positions would make the log-probs differ from the sampled policy.
@@ -15,7 +20,10 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def response_logits(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
                     temperature: float = 1.0) -> torch.Tensor:
     """input_ids [B, P+R] = left-padded prompt then right-padded response -> the logits
-    that predict each response token, [B, R, V], temperature applied."""
+    that predict each response token, [B, R, V], temperature applied, on the module's
+    device (batches are built on the CPU and move to the GPU here)."""
+    device = module_device(module)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     out = module(input_ids=input_ids, attention_mask=attention_mask,
                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     # Logit at column t predicts token t+1: the response's predictions start one before it.
@@ -27,7 +35,7 @@ def forward_response_logprobs(module, input_ids: torch.Tensor, attention_mask: t
                               response_len: int, temperature: float = 1.0, with_entropy: bool = False):
     """Log-probs of the response tokens [B, R] (and entropy [B, R] when asked)."""
     logits = response_logits(module, input_ids, attention_mask, response_len, temperature)
-    log_probs = logprobs_from_logits(logits, input_ids[:, -response_len:])
+    log_probs = logprobs_from_logits(logits, input_ids[:, -response_len:].to(logits.device))
     entropy = entropy_from_logits(logits) if with_entropy else None
     return log_probs, entropy
 
@@ -40,7 +48,7 @@ def compute_full_logprobs(module, input_ids: torch.Tensor, attention_mask: torch
     parts = [torch.log_softmax(response_logits(module, input_ids[s:s + micro_batch_size],
                                                attention_mask[s:s + micro_batch_size], response_len, temperature), -1)
              for s in range(0, input_ids.shape[0], micro_batch_size)]
-    return torch.cat(parts, dim=0)
+    return torch.cat(parts, dim=0).cpu()
 
 
 @torch.no_grad()
@@ -52,4 +60,4 @@ def compute_logprobs(module, input_ids: torch.Tensor, attention_mask: torch.Tens
         sl = slice(start, start + micro_batch_size)
         lp, _ = forward_response_logprobs(module, input_ids[sl], attention_mask[sl], response_len, temperature)
         parts.append(lp)
-    return torch.cat(parts, dim=0)
+    return torch.cat(parts, dim=0).cpu()

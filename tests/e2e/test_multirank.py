@@ -59,6 +59,7 @@ def test_two_ranks_zero3_shards_checkpoints_and_resumes(tmp_path, cache_dir):
     ranks = json.load(open(os.path.join(run_dir, "ranks.json")))
     for r in ranks:  # ZeRO-3: each rank holds half of the parameters
         assert r["local_parameters"] == pytest.approx(r["parameters"] / 2, rel=0.01)
+        assert (r["backend"], r["device"], r["bf16"]) == ("gloo", "cpu", False)  # NCCL and bf16 on GPUs only
     assert [s for s, _ in ckpt.complete_checkpoints(run_dir)] == [2, 4]
     manifest = ckpt.verify(ckpt.step_dir(run_dir, 4))
     assert manifest["world_size"] == 2
