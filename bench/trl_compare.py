@@ -198,8 +198,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--sides", default=",".join(SIDES), help="which of siirl-vllm, siirl-hf, trl to run")
     ap.add_argument("--trl-python", default="", help="a python that has TRL (default: make .venv-trl)")
-    ap.add_argument("--scaling-size", default="small", help="also run siirl on 1 and 2 ranks for this size "
-                    "('' to skip)")
+    ap.add_argument("--scaling-size", default="small", help="on the CPU, also run siirl on 1 and 2 ranks for "
+                    "this size ('' to skip)")
     args = ap.parse_args()
     sides = tuple(args.sides.split(","))
     trl_python = args.trl_python or os.path.join(ROOT, subprocess.check_output(
@@ -220,7 +220,7 @@ def main() -> None:
                           f"{statistics.median(runs[side][-1]['iteration_s']):.3f} s/iter", flush=True)
             result["sizes"][size] = {s: summarise(r, prompt_len, peak) for s, r in runs.items()}
             siirl_sides = [s for s in sides if s.startswith("siirl-")]
-            if size == args.scaling_size and siirl_sides:
+            if size == args.scaling_size and siirl_sides and args.device == "cpu":  # CPU ranks, one thread each
                 result["scaling"] = measure_scaling(size, model_dir, args.iterations, siirl_sides[-1].split("-")[1])
             write_report(result, args.out, command)  # after every size: a cut-short run keeps what it measured
     print(open(args.out + ".md").read())

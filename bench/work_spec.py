@@ -41,7 +41,7 @@ def trl_config_kwargs(spec: dict, iterations: int, output_dir: str, device: str 
         "epsilon": spec["clip"], "beta": spec["kl_coef"], "loss_type": "dapo",  # token-level mean, as siirl
         "temperature": spec["temperature"], "seed": spec["seed"], "max_steps": spec["warmup"] + iterations,
         "gradient_accumulation_steps": 1, "steps_per_generation": 1, "num_iterations": 1,
-        "shuffle_dataset": False, "logging_steps": 1, "report_to": [], "save_strategy": "no", "use_cpu": device == "cpu",
-        "bf16": device == "cuda", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+        "shuffle_dataset": False, "logging_steps": 1, "report_to": [], "save_strategy": "no",
+        "use_cpu": device == "cpu", "bf16": device == "cuda", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
         "max_grad_norm": 1.0, "dataloader_num_workers": 0,
     }
