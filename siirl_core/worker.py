@@ -65,9 +65,7 @@ class RankWorker:
     # --- set-up -------------------------------------------------------------
     def setup(self) -> dict:
         cfg = self.cfg
-        self.backend = init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
-                                          local_world_size=self.local_world_size,
-                                          timeout_s=cfg.cluster.collective_timeout_s)
+        self._init_distributed()
         self._seed_everything(cfg.trainer.seed)
         self.tokenizer = load_tokenizer(self.model_path)
         self.task = build_task(cfg.task, self.tokenizer)
@@ -76,15 +74,26 @@ class RankWorker:
         self.actor = self._build_actor(module)
         self.ref_module = None
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
-            self.ref_module = load_causal_lm(self.model_path).to(rank_device()).eval().requires_grad_(False)
+            self.ref_module = load_causal_lm(self.model_path).to(self.device).eval().requires_grad_(False)
         self.rollout = self._build_rollout()
         self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
         self.kl_ctrl = build_kl_controller(cfg.algorithm)
         self.pipeline = resolve_pipeline(cfg)
         self.ready = True
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
-                "device": str(rank_device()), "bf16": bool(self.actor.engine.bfloat16_enabled()),
+                "device": str(self.device), "bf16": bool(self.actor.engine.bfloat16_enabled()),
                 "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
+
+    def _init_distributed(self) -> None:
+        self.backend = init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
+                                          local_world_size=self.local_world_size,
+                                          timeout_s=self.cfg.cluster.collective_timeout_s)
+        self.device = rank_device()
+
+    @property
+    def bf16(self) -> bool:
+        """DeepSpeed engines train in bf16 on a GPU, in fp32 on the CPU."""
+        return self.device.type == "cuda"
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -101,7 +110,7 @@ class RankWorker:
             module, lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
             total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
             zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
-            world_size=self.world_size, grad_clip=t.grad_clip, bf16=torch.cuda.is_available())
+            world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
 
     def _build_critic(self):
         from siirl_core.training.critic import Critic
@@ -111,7 +120,7 @@ class RankWorker:
         return Critic(self.model_path, init_from_policy=self.cfg.critic.init_from_policy, lr=self.cfg.critic.lr,
                       zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
                       grad_accum=math.ceil(per_rank // t.mini_batches / t.micro_batch_size),
-                      world_size=self.world_size, grad_clip=t.grad_clip, bf16=torch.cuda.is_available())
+                      world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
 
     def _build_rollout(self):
         r = self.cfg.rollout

@@ -91,10 +91,11 @@ def sample(module, prompts: list[list[int]], *, max_new_tokens: int, temperature
     done = torch.zeros(len(prompts), dtype=torch.bool)
     was_training = module.training
     module.eval()
+    device = module_device(module)
     for _ in range(max_new_tokens):
-        on_device = {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn)}
-        on_device = {k: v.to(module_device(module)) for k, v in on_device.items()}
-        logits = module(**on_device, use_cache=False).logits[:, -1].float().cpu() / temperature  # [B, V]
+        logits = module(input_ids=ids.to(device), attention_mask=attn.to(device),
+                        position_ids=position_ids_from_mask(attn).to(device),
+                        use_cache=False).logits[:, -1].float().cpu() / temperature  # [B, V]
         logp = torch.log_softmax(restrict(logits, mask), -1)
         tok = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
         for i in range(len(prompts)):

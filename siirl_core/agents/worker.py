@@ -8,13 +8,10 @@ import math
 import os
 import socket
 
-import torch
-
 from siirl_core.agents.envs import build_env
 from siirl_core.agents.episodes import Policy, run_episodes, schedule
 from siirl_core.agents.iteration import node_credit, node_episodes, node_update, record_outcomes
 from siirl_core.data import build_task
-from siirl_core.distributed import init_process_group
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import timed
@@ -35,8 +32,7 @@ def trainable_policies(agents_cfg) -> list[str]:
 class MultiAgentWorker(RankWorker):
     def setup(self) -> dict:
         cfg = self.cfg
-        init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
-                           local_world_size=self.local_world_size, timeout_s=cfg.cluster.collective_timeout_s)
+        self._init_distributed()
         self._seed_everything(cfg.trainer.seed)
         task = build_task(cfg.task) if cfg.agents.env == "solver_verifier" else None
         self.env = build_env(cfg.agents, task)
@@ -67,7 +63,7 @@ class MultiAgentWorker(RankWorker):
             module, lr=a.policy(pid).lr or t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
             total_steps=updates, schedule=t.lr_schedule, zero_stage=t.zero_stage,
             micro_batch_size=t.micro_batch_size, grad_accum=math.ceil(rows / t.micro_batch_size),
-            world_size=self.world_size, grad_clip=t.grad_clip, bf16=torch.cuda.is_available())
+            world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
 
     # --- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict:
