@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from siirl_core.compose import compose_config  # noqa: E402
 from siirl_core.config import to_dict  # noqa: E402
+from siirl_core.training.fused import fused_update_active  # noqa: E402
 from siirl_core.worker import RankWorker  # noqa: E402
 from work_spec import siirl_overrides  # noqa: E402
 
@@ -39,7 +40,8 @@ def main() -> None:
                "final_reward": rows[-1]["reward/mean"], "rewards": [r["reward/mean"] for r in rows],
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-               "parameters": worker.actor.total_parameters()}, open(out_path, "w"))
+               "parameters": worker.actor.total_parameters(),
+               "fused": fused_update_active(worker.cfg), "zero_stage": worker.actor.zero_stage}, open(out_path, "w"))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,18 @@ def measure_scaling(size: str, model_dir: str, iterations: int, backend: str) ->
             "efficiency": rows[1]["samples_per_s"] / (2 * rows[0]["samples_per_s"])}
 
 
+def iteration_flops(params: int, prompt_len: float, fused: bool) -> float:
+    """Model FLOPs of one iteration's passes. Separate rollout and update (TRL, siirl-vllm,
+    siirl-hf unfused): the issue's count, 2 x parameters per generated token + 6 x per
+    trained (prompt + response) token. siirl-hf fused: 6 x parameters per token fed
+    through the model once: each prompt once for its group, then the samples' response
+    tokens but the last (which is sampled, never fed back)."""
+    samples, new = SPEC["prompts_per_step"] * SPEC["n"], SPEC["max_new_tokens"]
+    if fused:
+        return 6 * params * (SPEC["prompts_per_step"] * prompt_len + samples * (new - 1))
+    return 2 * params * samples * new + 6 * params * samples * (prompt_len + new)
+
+
 def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
     it = [x for r in runs for x in r["iteration_s"]]
     roll = [x for r in runs for x in r["rollout_s"]]
@@ -118,12 +130,15 @@ def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
     samples = SPEC["prompts_per_step"] * SPEC["n"]
     gen_tokens, train_tokens = samples * SPEC["max_new_tokens"], samples * (prompt_len + SPEC["max_new_tokens"])
     params = runs[0]["parameters"]
+    fused = bool(runs[0].get("fused"))
     med = statistics.median
     return {
         "s_per_iter": {"median": med(it), "min": min(it), "max": max(it)},
         "rollout_tokens_per_s": gen_tokens / med(roll), "train_tokens_per_s": train_tokens / med(train),
-        "rollout_mfu": 2 * params * gen_tokens / med(roll) / peak,
-        "train_mfu": 6 * params * train_tokens / med(train) / peak,
+        # Fused, the rollout phase also runs the update's forward pass: no per-phase MFU.
+        "rollout_mfu": None if fused else 2 * params * gen_tokens / med(roll) / peak,
+        "train_mfu": None if fused else 6 * params * train_tokens / med(train) / peak,
+        "iteration_mfu": iteration_flops(params, prompt_len, fused) / med(it) / peak, "fused": fused,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "final_reward": [r["final_reward"] for r in runs], "parameters": params,
@@ -131,6 +146,7 @@ def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
 
 
 def write_report(result: dict, out: str, command: str) -> None:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     m = result["machine"]
@@ -139,8 +155,8 @@ def write_report(result: dict, out: str, command: str) -> None:
     lines = [f"Command: `{command}`", "",
              f"Machine: {m['cpus']} CPUs ({m['processor']}), {SPEC['threads']} thread per process; {peak}.", "",
              "| model | side | s/iter (median, min-max) | vs TRL | rollout tok/s | train tok/s | rollout MFU | "
-             "train MFU | peak RSS MiB | peak GPU MiB | final reward (each repeat) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "train MFU | iteration MFU | peak RSS MiB | peak GPU MiB | final reward (each repeat) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, sides in result["sizes"].items():
         trl = sides["trl"]["s_per_iter"]["median"] if "trl" in sides else float("nan")
         for side, s in sides.items():
@@ -148,9 +164,15 @@ def write_report(result: dict, out: str, command: str) -> None:
             lines.append(f"| {size} ({s['parameters'] / 1e6:.2f}M) | {side} | {it['median']:.3f} "
                          f"({it['min']:.3f}-{it['max']:.3f}) | {trl / it['median']:.2f}x | "
                          f"{s['rollout_tokens_per_s']:.0f} | {s['train_tokens_per_s']:.0f} | "
-                         f"{s['rollout_mfu']:.4f} | {s['train_mfu']:.4f} | {s['peak_rss_mib']:.0f} | "
+                         f"{_share(s['rollout_mfu'])} | {_share(s['train_mfu'])} | {_share(s['iteration_mfu'])} | "
+                         f"{s['peak_rss_mib']:.0f} | "
                          f"{s['peak_gpu_mib'] or 0:.0f} | "
                          f"{', '.join(f'{r:.3f}' for r in s['final_reward'])} |")
+    if any(s.get("fused") for sides in result["sizes"].values() for s in sides.values()):
+        lines += ["", "fused: the update back-propagates through the rollout's own forward passes "
+                  "(trainer.fused_update), so the rollout phase includes the update's forward pass and the train "
+                  "phase is its backward pass; per-phase MFU is not separable there. Iteration MFU: the model "
+                  "FLOPs each side's passes run (bench/trl_compare.py: iteration_flops) over the iteration time."]
     if "scaling" in result:
         sc = result["scaling"]
         lines += ["", f"Scaling, siirl-{sc['backend']} on {sc['size']}, the same work on 1 and 2 ranks "
@@ -161,6 +183,10 @@ def write_report(result: dict, out: str, command: str) -> None:
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(result, out + ".png")
+
+
+def _share(x) -> str:
+    return "fused" if x is None else f"{x:.4f}"
 
 
 def _plot(result: dict, path: str) -> None:

@@ -124,6 +124,10 @@ class TrainerConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_size: int = 64
+    # Back-propagate through the hf rollout's own forward passes instead of a second
+    # forward pass (siirl_core/training/fused.py): auto = whenever allowed, on = an
+    # error when not allowed, off = never.
+    fused_update: str = "auto"
     zero_stage: int = 2
     seed: int = 0
     # Extra seed of the RL prompt stream (0: prompts depend on trainer.seed and the step
@@ -331,6 +335,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     _one_of("algorithm.loss_agg_mode", cfg.algorithm.loss_agg_mode, LOSS_AGG_MODES.names())
     _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS.names())
     _one_of("trainer.zero_stage", cfg.trainer.zero_stage, {0, 1, 2, 3})
+    _validate_fused_update(cfg)
     _validate_algorithm(cfg)
     _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
     _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
@@ -386,6 +391,16 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
                           "or a checkpoint folder (local path or s3:// URI)")
     return cfg
+
+
+def _validate_fused_update(cfg: SiirlConfig) -> None:
+    from siirl_core.training.fused import fused_update_blockers
+
+    _one_of("trainer.fused_update", cfg.trainer.fused_update, {"auto", "on", "off"})
+    blockers = fused_update_blockers(cfg)
+    if cfg.trainer.fused_update == "on" and blockers:
+        raise ConfigError("trainer.fused_update=on is not possible here: " + "; ".join(blockers)
+                          + " (use auto or off)")
 
 
 def _validate_algorithm(cfg: SiirlConfig) -> None:

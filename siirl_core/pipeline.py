@@ -26,6 +26,7 @@ from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.critic import response_values
+from siirl_core.training.fused import fused_update_active, on_policy_single_update
 from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
 from siirl_core.training.logprobs import compute_full_logprobs, compute_logprobs, response_logits
 
@@ -63,13 +64,15 @@ def timed(name: str, fn: Callable) -> Callable:
     return run
 
 
-def _generate(w, problems: list, step: int, round_: int = 0) -> RolloutBatch:
+def _generate(w, problems: list, step: int, round_: int = 0, keep_graph: bool = False) -> RolloutBatch:
     cfg, t = w.cfg, w.cfg.trainer
     prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in problems]
     sampling = SamplingConfig(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens, min_new_tokens=cfg.rollout.min_new_tokens)
     # data_seed mixed in below 2**31: vLLM's per-prompt seeds are multiplied up and must stay int64.
     seed = ((t.seed * 100_003 + step) * 1_009 + w.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
+    if keep_graph:
+        return w.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919, keep_graph=True)
     return w.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919)
 
 
@@ -90,7 +93,10 @@ def _record_rollout(ctx, bag) -> None:
 
 def node_rollout(w, ctx, bag):
     problems = _my_prompts(w, ctx["step"])
-    ctx["problems"], ctx["rollout"] = problems, _generate(w, problems, ctx["step"])
+    fused = fused_update_active(w.cfg)
+    ctx["problems"], ctx["rollout"] = problems, _generate(w, problems, ctx["step"], keep_graph=fused)
+    if fused:  # the update back-propagates through these instead of a forward pass of its own
+        ctx["rollout_logits"], ctx["rollout"].train_logits = ctx["rollout"].train_logits, None
     ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
     _record_rollout(ctx, bag)
 
@@ -187,13 +193,6 @@ def node_dynamic_sampling(w, ctx, bag):
 
 def _row(rb: RolloutBatch, i: int) -> tuple:
     return rb.prompt_ids[i], rb.response_ids[i], rb.response_logprobs[i], rb.finished[i]
-
-
-def on_policy_single_update(cfg) -> bool:
-    """One optimizer step per batch: the old log-probs are the update's own forward pass
-    (same weights), so the separate no-grad pass is skipped, as TRL does. Not when the
-    KL goes into the reward, which needs them before the advantages."""
-    return cfg.trainer.ppo_epochs == 1 and cfg.trainer.mini_batches == 1 and not cfg.algorithm.kl_in_reward
 
 
 def _record_mismatch(w, old, rollout_lp, mask, bag):
@@ -324,10 +323,14 @@ def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[
 
 
 def _micro_loss(w, ctx, micro, bag):
-    """The policy loss of one micro-batch, from one forward pass."""
+    """The policy loss of one micro-batch, from one forward pass (or the rollout's, fused)."""
     cfg, t = w.cfg, ctx["tensors"]
-    logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro], t["response_len"],
-                             cfg.rollout.temperature)  # [b, R, V], on the actor's device
+    kept = ctx.get("rollout_logits")
+    if kept is not None:  # [B, S, V] with S >= R: every response ends within the sampled steps
+        logits = kept[micro.to(kept.device)][:, :t["response_len"]]
+    else:
+        logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro],
+                                 t["response_len"], cfg.rollout.temperature)  # [b, R, V], on the actor's device
 
     def rows(x):  # this micro-batch of a batch tensor (kept on the CPU), where the logits are
         return None if x is None else x[micro].to(logits.device)
@@ -351,6 +354,9 @@ def node_update(w, ctx, bag):
     n = t["input_ids"].shape[0]
     gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + ctx["step"])
     tokens = 0
+    if "rollout_logits" in ctx and cfg.trainer.micro_batch_size < n:
+        raise RuntimeError(f"the rollout's graph covers {n} samples but trainer.micro_batch_size is "
+                           f"{cfg.trainer.micro_batch_size}: set trainer.fused_update=off")
     for _ in range(cfg.trainer.ppo_epochs):
         for mb in _minibatches(n, cfg.trainer.mini_batches, gen):
             for micro in mb.split(cfg.trainer.micro_batch_size):
@@ -362,6 +368,7 @@ def node_update(w, ctx, bag):
                 for k, v in m.items():
                     bag.add(k, v, weight=weight)
             bag.add("actor/grad_norm", w.actor.grad_norm())
+    ctx.pop("rollout_logits", None)  # its graph is spent; the context outlives the iteration
     bag.add("actor/lr", w.actor.current_lr())
     bag.add("perf/train_tokens", tokens, reduce="sum")
 

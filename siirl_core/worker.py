@@ -82,6 +82,7 @@ class RankWorker:
         self.ready = True
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
                 "device": str(self.device), "bf16": bool(self.actor.engine.bfloat16_enabled()),
+                "zero_stage": self.actor.zero_stage,
                 "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
 
     def _init_distributed(self) -> None:

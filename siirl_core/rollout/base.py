@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Optional, Protocol
 
 import torch
 
@@ -28,6 +28,9 @@ class RolloutBatch:
     response_logprobs: list[list[float]]
     finished: list[bool]  # the response ended with EOS
     group_index: list[int] = field(default_factory=list)
+    # [B, S, V] logits / temperature that predicted each sampled token, with their autograd
+    # graph: only from the hf backend when asked (trainer.fused_update).
+    train_logits: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.response_ids)

@@ -1,14 +1,13 @@
-"""transformers generation (KV cache, left padding) for machines without vLLM.
-It samples from the training module itself, so weight sync is a no-op."""
+"""transformers sampling (KV cache, left padding, one prefill per prompt) for machines
+without vLLM. It samples from the training module itself, so weight sync is a no-op."""
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
 
-from siirl_core.algorithms.entropy import logprobs_from_logits
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
-from siirl_core.training.logprobs import module_device
+from siirl_core.rollout.decode import decode
 
 
 class HFRollout:
@@ -16,48 +15,47 @@ class HFRollout:
         self.module = module
         self.pad_id = pad_id
         self.eos_id = eos_id
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # samples per forward pass
 
-    @torch.no_grad()
-    def _generate_chunk(self, prompts: list[list[int]], sampling: SamplingConfig, gen: torch.Generator):
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])  # [B, P]
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-        device = module_device(self.module)
-        ids, mask = ids.to(device), mask.to(device)
-        # Seed the global RNG from our generator: HF sampling uses torch's default generator.
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        was_training = self.module.training
-        self.module.eval()
-        out = self.module.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-            min_new_tokens=sampling.min_new_tokens or None,
-            do_sample=not sampling.greedy, temperature=sampling.temperature if not sampling.greedy else None,
-            top_p=sampling.top_p if not sampling.greedy else None, top_k=0 if not sampling.greedy else None,
-            num_return_sequences=1, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-            output_logits=True, return_dict_in_generate=True)
-        self.module.train(was_training)
-        resp = out.sequences[:, width:]  # [B, R]
-        logits = torch.stack(out.logits, dim=1).float()  # [B, R, V]
-        lps = logprobs_from_logits(logits, resp)  # raw logits, as vLLM reports
-        return resp.tolist(), lps.tolist()
-
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
+                 keep_graph: bool = False) -> RolloutBatch:
+        """keep_graph: sample in training mode with autograd on and return the logits that
+        predicted each sampled token, [B, S, V] with their graph, as batch.train_logits."""
         gen = torch.Generator().manual_seed(seed)
-        expanded = [p for p in prompt_ids for _ in range(sampling.n)]  # prompt-major
+        per_chunk = max(1, self.batch_size // sampling.n)  # prompts per forward pass
         batch = RolloutBatch([], [], [], [], [])
-        for start in range(0, len(expanded), self.batch_size):
-            chunk = expanded[start:start + self.batch_size]
-            resp, lps = self._generate_chunk(chunk, sampling, gen)
-            for j, (r, lp) in enumerate(zip(resp, lps)):
-                ids, finished = strip_eos(r, self.eos_id)
-                batch.prompt_ids.append(list(chunk[j]))
-                batch.response_ids.append(ids)
-                batch.response_logprobs.append(lp[:len(ids)])
-                batch.finished.append(finished)
-                batch.group_index.append((start + j) // sampling.n)
+        kept = []
+        was_training = self.module.training
+        self.module.train(keep_graph)  # the update's forward runs in training mode
+        try:
+            for start in range(0, len(prompt_ids), per_chunk):
+                chunk = prompt_ids[start:start + per_chunk]
+                out = decode(self.module, chunk, sampling, pad_id=self.pad_id, eos_id=self.eos_id, gen=gen,
+                             keep_graph=keep_graph)
+                self._append(batch, chunk, out.tokens.tolist(), out.logprobs.tolist(), start, sampling.n)
+                kept.append(out.train_logits)
+        finally:
+            self.module.train(was_training)
+        if keep_graph:
+            batch.train_logits = _cat_padded(kept)
         return batch
+
+    def _append(self, batch: RolloutBatch, chunk, tokens, logprobs, first_prompt: int, n: int) -> None:
+        for row, (r, lp) in enumerate(zip(tokens, logprobs)):
+            ids, finished = strip_eos(r, self.eos_id)
+            batch.prompt_ids.append(list(chunk[row // n]))
+            batch.response_ids.append(ids)
+            batch.response_logprobs.append(lp[:len(ids)])
+            batch.finished.append(finished)
+            batch.group_index.append(first_prompt + row // n)
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         # Same module as the trainer: nothing to copy.
         return None
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Chunks may stop at different lengths (all rows finished): zero-pad the steps
+    (those positions are past every response's end and masked out)."""
+    steps = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, steps - p.shape[1])) for p in parts], 0)

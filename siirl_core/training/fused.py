@@ -1,0 +1,42 @@
+"""When the update may reuse the rollout's forward passes (trainer.fused_update).
+
+With one optimizer step per batch on the samples just drawn, the update's forward pass
+would recompute, with the same weights, the logits the `hf` rollout already computed
+while sampling. Kept with their autograd graph, they make that pass unnecessary: the
+update back-propagates through the rollout itself. Same loss, same gradient (checked in
+tests/test_fused_update.py); the price is that the whole rank batch's activations are
+held from sampling until the update, as one micro-batch of that size would hold them.
+"""
+from __future__ import annotations
+
+
+def on_policy_single_update(cfg) -> bool:
+    """One optimizer step per batch: the old log-probs are the update's own forward pass
+    (same weights), so the separate no-grad pass is skipped, as TRL does. Not when the
+    KL goes into the reward, which needs them before the advantages."""
+    return cfg.trainer.ppo_epochs == 1 and cfg.trainer.mini_batches == 1 and not cfg.algorithm.kl_in_reward
+
+
+def fused_update_blockers(cfg) -> list[str]:
+    """Why the update cannot back-propagate through the rollout; empty when it can."""
+    per_rank = cfg.trainer.prompts_per_step // max(1, cfg.cluster.n_workers) * cfg.rollout.n
+    checks = [
+        (cfg.rollout.backend != "hf", f"rollout.backend={cfg.rollout.backend} samples outside the trainer's model"),
+        (not on_policy_single_update(cfg),
+         "needs one optimizer step on fresh samples (trainer.ppo_epochs=1, trainer.mini_batches=1, "
+         "algorithm.kl_in_reward=false)"),
+        (cfg.trainer.micro_batch_size < per_rank,
+         f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} is below the {per_rank} samples per rank "
+         "(the rollout's graph is one micro-batch)"),
+        (cfg.algorithm.dynamic_sampling, "algorithm.dynamic_sampling re-samples and drops groups"),
+        (bool(cfg.algorithm.pipeline), "algorithm.pipeline is customised (its nodes may change the batch)"),
+        (cfg.trainer.zero_stage == 3, "trainer.zero_stage=3 gathers parameters per forward pass"),
+        (bool(cfg.agents.env), "multi-agent runs sample with their own loop"),
+    ]
+    return [why for blocked, why in checks if blocked]
+
+
+def fused_update_active(cfg) -> bool:
+    """trainer.fused_update: on (an error if blocked, see config.validate), off, or auto
+    (on exactly when nothing blocks it)."""
+    return cfg.trainer.fused_update != "off" and not fused_update_blockers(cfg)
