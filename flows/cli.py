@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, overrides = argv[0], argv[1:]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start by default; on a loaded 2-core machine
+    # it took longer once (seen while two test runs shared this machine).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from siirl_core.compose import compose_config
     from siirl_core.config import ConfigError, single_policy_only
 

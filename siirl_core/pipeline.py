@@ -354,6 +354,7 @@ def node_update(w, ctx, bag):
     n = t["input_ids"].shape[0]
     gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + ctx["step"])
     tokens = 0
+    bag.add("perf/fused_update", float("rollout_logits" in ctx))
     if "rollout_logits" in ctx and cfg.trainer.micro_batch_size < n:
         raise RuntimeError(f"the rollout's graph covers {n} samples but trainer.micro_batch_size is "
                            f"{cfg.trainer.micro_batch_size}: set trainer.fused_update=off")

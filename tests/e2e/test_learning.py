@@ -59,11 +59,15 @@ HF_MARGIN = 0.10
 
 
 def test_hf_backend_learns(tmp_path, cache_dir):
-    """The transformers rollout backend, same flow, a shorter run and a smaller margin."""
+    """The transformers rollout backend, same flow, a shorter run and a smaller margin;
+    the rank's 256 samples in one micro-batch, so the update back-propagates through the
+    rollout's forward passes (trainer.fused_update=auto)."""
     run_dir = str(tmp_path / "run")
     run_siirl(["train", "rollout=hf", f"trainer.steps={HF_STEPS}", "trainer.eval_every=0",
-               f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}"])
+               "trainer.micro_batch_size=256", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}"])
     s = summary(run_dir)
     gain = s["val_accuracy_after"] - s["val_accuracy_before"]
     assert gain >= HF_MARGIN, f"accuracy {s['val_accuracy_before']:.3f} -> {s['val_accuracy_after']:.3f}"
-    assert sorted(metrics_by_step(run_dir)) == list(range(1, HF_STEPS + 1))
+    steps = metrics_by_step(run_dir)
+    assert sorted(steps) == list(range(1, HF_STEPS + 1))
+    assert all(m["perf/fused_update"] == 1.0 for m in steps.values())
