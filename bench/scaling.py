@@ -2,6 +2,8 @@
 on the same global batch, and the scaling efficiency.
 
     .venv/bin/python bench/scaling.py [--iterations 30] [--warmup 5] [--out FILE] [overrides ...]
+    # the work of bench/trl_compare.py (bench/work_spec.py) on one of its model sizes
+    .venv/bin/python bench/scaling.py --work-spec small --iterations 4 --warmup 1 [trainer.zero_stage=0]
     # one GPU: a dask-cuda worker, DeepSpeed over NCCL in bf16 (rollout=hf where vLLM is missing)
     python bench/scaling.py --cluster local_cuda --ranks 1 [overrides ...]
 """
@@ -53,8 +55,15 @@ def main() -> None:
     ap.add_argument("--cluster", default="local", choices=["local", "local_cuda"],
                     help="local_cuda: dask-cuda workers, one per GPU, DeepSpeed over NCCL")
     ap.add_argument("--ranks", default="1,2", help="rank counts to measure, e.g. 1 on one GPU")
+    ap.add_argument("--work-spec", default="", help="model size: run bench/work_spec.py's work on it (the hf "
+                    "backend, as trl_compare's scaling step), the overrides after it")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.work_spec:
+        from work_spec import SPEC, siirl_overrides
+
+        steps_after_spec_warmup = args.warmup + args.iterations - SPEC["warmup"]  # trainer.steps: all we run
+        args.overrides = siirl_overrides(SPEC, args.work_spec, "hf", steps_after_spec_warmup) + args.overrides
     counts = [int(n) for n in args.ranks.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         policy = warm_policy(compose_config(args.overrides), tmp)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 
 SPEC = json.loads(sys.argv[1])
@@ -22,6 +21,7 @@ from siirl_core.compose import compose_config  # noqa: E402
 from siirl_core.config import to_dict  # noqa: E402
 from siirl_core.training.fused import fused_update_active  # noqa: E402
 from siirl_core.worker import RankWorker  # noqa: E402
+from process_memory import peak_rss_mib  # noqa: E402
 from work_spec import siirl_overrides  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main() -> None:
                "rollout_s": [r["timing_s/rollout"] for r in timed],
                "train_s": [r["timing_s/update"] for r in timed],
                "final_reward": rows[-1]["reward/mean"], "rewards": [r["reward/mean"] for r in rows],
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "peak_rss_mib": peak_rss_mib(),
                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
                "parameters": worker.actor.total_parameters(),
                "fused": fused_update_active(worker.cfg), "zero_stage": worker.actor.zero_stage}, open(out_path, "w"))

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -123,7 +124,14 @@ def iteration_flops(params: int, prompt_len: float, fused: bool) -> float:
     return 2 * params * samples * new + 6 * params * samples * (prompt_len + new)
 
 
-def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
+def paired_ratios(runs: list[dict], trl_runs: list[dict]) -> list[float]:
+    """TRL's median s/iter over this side's, repeat by repeat: the two ran back to back,
+    so a drift in this machine's speed between repeats cancels out of each ratio."""
+    med = statistics.median
+    return [med(t["iteration_s"]) / med(r["iteration_s"]) for r, t in zip(runs, trl_runs)]
+
+
+def summarise(runs: list[dict], prompt_len: float, peak: float, trl_runs: list[dict]) -> dict:
     it = [x for r in runs for x in r["iteration_s"]]
     roll = [x for r in runs for x in r["rollout_s"]]
     train = [x for r in runs for x in r.get("train_s", [])] or [i - g for i, g in zip(it, roll)]
@@ -142,6 +150,7 @@ def summarise(runs: list[dict], prompt_len: float, peak: float) -> dict:
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "final_reward": [r["final_reward"] for r in runs], "parameters": params,
+        "vs_trl_paired": paired_ratios(runs, trl_runs) if trl_runs else [],
     }
 
 
@@ -150,24 +159,29 @@ def write_report(result: dict, out: str, command: str) -> None:
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     m = result["machine"]
-    peak = (f"fp32 matmul peak at that thread count: {result['peak_gflops']:.1f} GFLOP/s" if m["device"] == "cpu"
+    samples = ", ".join(f"{g:.1f}" for g in result.get("peak_gflops_samples", []))
+    peak = (f"fp32 matmul peak at that thread count: {result['peak_gflops']:.1f} GFLOP/s, the highest of the "
+            f"measurements at the start and before each round ({samples})" if m["device"] == "cpu"
             else f"GPU: {m['gpu']}, bf16 matmul peak {result['peak_gflops'] / 1e3:.0f} TFLOP/s")
     lines = [f"Command: `{command}`", "",
              f"Machine: {m['cpus']} CPUs ({m['processor']}), {SPEC['threads']} thread per process; {peak}.", "",
-             "| model | side | s/iter (median, min-max) | vs TRL | rollout tok/s | train tok/s | rollout MFU | "
+             "| model | side | s/iter (median, min-max) | vs TRL | vs TRL per repeat (median) | rollout tok/s | train tok/s | rollout MFU | "
              "train MFU | iteration MFU | peak RSS MiB | peak GPU MiB | final reward (each repeat) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, sides in result["sizes"].items():
         trl = sides["trl"]["s_per_iter"]["median"] if "trl" in sides else float("nan")
         for side, s in sides.items():
             it = s["s_per_iter"]
             lines.append(f"| {size} ({s['parameters'] / 1e6:.2f}M) | {side} | {it['median']:.3f} "
-                         f"({it['min']:.3f}-{it['max']:.3f}) | {trl / it['median']:.2f}x | "
+                         f"({it['min']:.3f}-{it['max']:.3f}) | {trl / it['median']:.2f}x | {_paired(s)} | "
                          f"{s['rollout_tokens_per_s']:.0f} | {s['train_tokens_per_s']:.0f} | "
                          f"{_share(s['rollout_mfu'])} | {_share(s['train_mfu'])} | {_share(s['iteration_mfu'])} | "
                          f"{s['peak_rss_mib']:.0f} | "
                          f"{s['peak_gpu_mib'] or 0:.0f} | "
                          f"{', '.join(f'{r:.3f}' for r in s['final_reward'])} |")
+    lines += ["", "vs TRL: TRL's median s/iter over this side's, all repeats pooled. Per repeat: the same ratio "
+              "within each repeat, whose sides ran back to back, so a drift in the machine's speed between "
+              "repeats cancels out; in brackets their median."]
     if any(s.get("fused") for sides in result["sizes"].values() for s in sides.values()):
         lines += ["", "fused: the update back-propagates through the rollout's own forward passes "
                   "(trainer.fused_update), so the rollout phase includes the update's forward pass and the train "
@@ -183,6 +197,13 @@ def write_report(result: dict, out: str, command: str) -> None:
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(result, out + ".png")
+
+
+def _paired(s: dict) -> str:
+    ratios = s.get("vs_trl_paired") or []
+    if not ratios:
+        return "-"
+    return f"{', '.join(f'{r:.2f}' for r in ratios)} ({statistics.median(ratios):.2f}x)"
 
 
 def _share(x) -> str:
@@ -230,21 +251,30 @@ def main() -> None:
     sides = tuple(args.sides.split(","))
     trl_python = args.trl_python or os.path.join(ROOT, subprocess.check_output(
         ["bash", os.path.join(HERE, "setup_trl.sh")], text=True).strip().splitlines()[-1], "bin", "python")
-    peak = matmul_peak_flops(SPEC["threads"], args.device)
-    result = {"spec": SPEC, "peak_gflops": peak / 1e9, "sizes": {}, "sides": sides, "machine": machine(args.device)}
-    command = "python bench/trl_compare.py " + " ".join(sys.argv[1:])
+    # This VM's speed drifts: the peak is measured again before every round of sides and
+    # the highest measurement is the ceiling for utilisation.
+    peaks = [matmul_peak_flops(SPEC["threads"], args.device)]
+    result = {"spec": SPEC, "sizes": {}, "sides": sides, "machine": machine(args.device)}
+    command = "python bench/trl_compare.py " + shlex.join(sys.argv[1:])
+    measured: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             model_dir, prompts, prompt_len = prepare(size, args.iterations, tmp)
             runs: dict[str, list] = {s: [] for s in sides}
             for rep in range(args.repeats):
+                peaks.append(matmul_peak_flops(SPEC["threads"], args.device))
                 order = sides[rep % len(sides):] + sides[:rep % len(sides)]  # alternate who goes first
                 for side in order:
                     runs[side].append(run_side(side, size, model_dir, prompts, args.iterations, trl_python, tmp,
                                                args.device))
                     print(f"{size} {side} repeat {rep + 1}: median "
                           f"{statistics.median(runs[side][-1]['iteration_s']):.3f} s/iter", flush=True)
-            result["sizes"][size] = {s: summarise(r, prompt_len, peak) for s, r in runs.items()}
+            measured[size] = (runs, prompt_len)
+            peak = max(peaks)  # every size's utilisation against the same, highest peak
+            result.update(peak_gflops=peak / 1e9, peak_gflops_samples=[p / 1e9 for p in peaks])
+            for done, (done_runs, done_len) in measured.items():
+                result["sizes"][done] = {s: summarise(r, done_len, peak, done_runs.get("trl", []) if s != "trl"
+                                                      else []) for s, r in done_runs.items()}
             siirl_sides = [s for s in sides if s.startswith("siirl-")]
             if size == args.scaling_size and siirl_sides and args.device == "cpu":  # CPU ranks, one thread each
                 result["scaling"] = measure_scaling(size, model_dir, args.iterations, siirl_sides[-1].split("-")[1])

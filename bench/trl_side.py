@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  #
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from bench_reward import prefix_match  # noqa: E402
+from process_memory import peak_rss_mib  # noqa: E402
 from work_spec import trl_config_kwargs  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     w = SPEC["warmup"]
     json.dump({"iteration_s": timer.steps[w:], "rollout_s": gen_times[w:], "final_reward": rewards[-1],
-               "rewards": rewards, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "rewards": rewards, "peak_rss_mib": peak_rss_mib(),
                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
                "parameters": sum(p.numel() for p in model.parameters())}, open(out_path, "w"))
 
