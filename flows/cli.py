@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     # it took longer once (seen while two test runs shared this machine).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from siirl_core.compose import compose_config
-    from siirl_core.config import ConfigError, single_policy_only
+    from siirl_core.config import ConfigError
+    from siirl_core.config_checks import single_policy_only
 
     try:
         cfg = compose_config(overrides)  # validate before Prefect, Dask or any model starts

@@ -11,7 +11,7 @@ from rich.markdown import Markdown
 
 from flows.progress import console
 from siirl_core.compose import compose_config
-from siirl_core.config import single_policy_only
+from siirl_core.config_checks import single_policy_only
 from tasks.evaluation import fetch_policy, resolve_source, sample_and_score, save_results
 
 

@@ -16,7 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows.train import run_training
 from siirl_core import checkpoint as ckpt
 from siirl_core.compose import compose_config
-from siirl_core.config import SiirlConfig, single_policy_only
+from siirl_core.config import SiirlConfig
+from siirl_core.config_checks import single_policy_only
 from siirl_core.storage import join
 from tasks.champion import record_verdict, starting_point
 

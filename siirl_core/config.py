@@ -3,11 +3,10 @@
 Each default lives here or in the YAML, not both: the YAML files only set what a
 config group changes. `build_config` turns a composed OmegaConf tree into these
 dataclasses (unknown keys and wrong types fail there) and then checks the
-cross-field rules, naming the field and the allowed values.
+cross-field rules (siirl_core/config_checks.py), naming the field and the allowed values.
 """
 from __future__ import annotations
 
-import datetime
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -311,184 +310,6 @@ class SiirlConfig:
         return self.storage.uri or self.run_dir
 
 
-def _one_of(key: str, value: Any, allowed) -> None:
-    allowed = sorted(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; expected one of {allowed}")
-
-
-def _positive(key: str, value, zero_ok: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ConfigError(f"{key}={value!r} is not allowed; expected a number {bound}")
-
-
-def validate(cfg: SiirlConfig) -> SiirlConfig:
-    """Cross-field rules, checked before any model is loaded."""
-    from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
-    from siirl_core.models.factory import ARCHITECTURES, SIZES
-    from siirl_core.data import TASKS
-
-    _one_of("rollout.backend", cfg.rollout.backend, {"vllm", "hf"})
-    _one_of("algorithm.adv_estimator", cfg.algorithm.adv_estimator, ADVANTAGE_ESTIMATORS.names())
-    _one_of("algorithm.policy_loss", cfg.algorithm.policy_loss, POLICY_LOSSES.names())
-    _one_of("algorithm.loss_agg_mode", cfg.algorithm.loss_agg_mode, LOSS_AGG_MODES.names())
-    _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS.names())
-    _one_of("trainer.zero_stage", cfg.trainer.zero_stage, {0, 1, 2, 3})
-    _validate_fused_update(cfg)
-    _validate_algorithm(cfg)
-    _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
-    _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
-    _one_of("storage.on_save_error", cfg.storage.on_save_error, {"stop", "continue"})
-    if "://" in cfg.storage.uri and not cfg.storage.uri.startswith(("s3://", "file://", "memory://")):
-        raise ConfigError(f"storage.uri={cfg.storage.uri!r}: expected a local path or s3://bucket/prefix")
-    if cfg.storage.retries < 1:
-        raise ConfigError(f"storage.retries={cfg.storage.retries}: expected at least 1 attempt")
-    _one_of("task.name", cfg.task.name, TASKS.names())
-    _validate_task(cfg)
-    _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
-    if not cfg.model.path:
-        _one_of("model.size", cfg.model.size, SIZES)
-    elif not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
-        raise ConfigError(
-            f"model.path={cfg.model.path!r} is not an HF model directory "
-            "(expected a folder with config.json and tokenizer files)")
-    for key in ("rollout.n", "rollout.max_new_tokens", "trainer.steps", "trainer.prompts_per_step",
-                "trainer.ppo_epochs", "trainer.mini_batches", "trainer.micro_batch_size",
-                "sft.batch_size", "cluster.n_workers", "cluster.threads_per_worker"):
-        section, name = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), name))
-    for key in ("trainer.lr", "sft.lr", "rollout.temperature"):
-        section, name = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), name))
-    for key in ("algorithm.kl_coef", "algorithm.clip_ratio_low", "algorithm.clip_ratio_high",
-                "trainer.save_every", "trainer.eval_every", "trainer.warmup_steps", "sft.steps"):
-        section, name = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), name), zero_ok=True)
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} is not allowed; expected 0 < top_p <= 1")
-    if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "dr_grpo"):
-        raise ConfigError("rollout.n must be >= 2 for group-relative advantages (GRPO)")
-    if cfg.trainer.prompts_per_step % cfg.cluster.n_workers:
-        raise ConfigError(
-            f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} must be divisible by "
-            f"cluster.n_workers={cfg.cluster.n_workers} (each rank takes an equal shard)")
-    per_rank = cfg.trainer.prompts_per_step // cfg.cluster.n_workers * cfg.rollout.n
-    if per_rank % cfg.trainer.mini_batches:
-        raise ConfigError(
-            f"trainer.mini_batches={cfg.trainer.mini_batches} must divide the samples per rank "
-            f"({per_rank} = prompts_per_step / n_workers * rollout.n)")
-    if cfg.trainer.zero_stage == 3 and cfg.rollout.backend == "hf" and cfg.cluster.n_workers > 1:
-        raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
-                          "sharded parameters make every generation step a collective; use rollout=vllm")
-    _validate_retrain_and_evaluate(cfg)
-    _validate_reward(cfg)
-    if cfg.agents.env:
-        from siirl_core.agents.config_checks import validate_agents
-        validate_agents(cfg)
-    resume = cfg.trainer.resume
-    if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
-        raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
-                          "or a checkpoint folder (local path or s3:// URI)")
-    return cfg
-
-
-def _validate_fused_update(cfg: SiirlConfig) -> None:
-    from siirl_core.training.fused import fused_update_blockers
-
-    _one_of("trainer.fused_update", cfg.trainer.fused_update, {"auto", "on", "off"})
-    blockers = fused_update_blockers(cfg)
-    if cfg.trainer.fused_update == "on" and blockers:
-        raise ConfigError("trainer.fused_update=on is not possible here: " + "; ".join(blockers)
-                          + " (use auto or off)")
-
-
-def _validate_algorithm(cfg: SiirlConfig) -> None:
-    a = cfg.algorithm
-    _one_of("algorithm.kl_ctrl", a.kl_ctrl, {"fixed", "adaptive"})
-    _one_of("algorithm.rollout_correction", a.rollout_correction, {"auto", "on", "off"})
-    if a.clip_ratio_c <= 1:
-        raise ConfigError(f"algorithm.clip_ratio_c={a.clip_ratio_c}: the dual-clip bound must be > 1")
-    _positive("algorithm.max_sampling_rounds", a.max_sampling_rounds)
-    if not 0 <= cfg.rollout.min_new_tokens <= cfg.rollout.max_new_tokens:
-        raise ConfigError(f"rollout.min_new_tokens={cfg.rollout.min_new_tokens}: expected 0 up to "
-                          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
-    if not 0 <= a.overlong_buffer <= cfg.rollout.max_new_tokens:
-        raise ConfigError(f"algorithm.overlong_buffer={a.overlong_buffer}: expected 0 (off) up to "
-                          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
-    for key in ("tis_cap", "kl_target", "kl_horizon"):
-        _positive(f"algorithm.{key}", getattr(a, key))
-    for key in ("gamma", "lam"):
-        if not 0 <= getattr(a, key) <= 1:
-            raise ConfigError(f"algorithm.{key}={getattr(a, key)}: expected a number in [0, 1]")
-    if a.adv_estimator in ("rloo", "reinforce_plus_plus_baseline") and cfg.rollout.n < 2:
-        raise ConfigError(f"rollout.n must be >= 2 for algorithm.adv_estimator={a.adv_estimator} (group baselines)")
-    if a.pipeline:
-        from siirl_core.pipeline import resolve_pipeline
-        from siirl_core.rewards import RewardFunctionError
-
-        try:
-            resolve_pipeline(cfg)
-        except (ValueError, RewardFunctionError) as err:
-            raise ConfigError(str(err)) from None
-    _positive("critic.lr", cfg.critic.lr)
-    _positive("critic.value_clip", cfg.critic.value_clip)
-
-
-def _validate_task(cfg: SiirlConfig) -> None:
-    """Build the task once: bad options and malformed data files fail here, naming the
-    key, or the file, row and field."""
-    from siirl_core.data import build_task
-
-    try:
-        build_task(cfg.task)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _validate_reward(cfg: SiirlConfig) -> None:
-    from siirl_core.rewards import RewardFunctionError, load_reward_function
-
-    r = cfg.reward
-    _one_of("reward.on_error", r.on_error, {"score", "stop"})
-    _positive("reward.timeout_s", r.timeout_s)
-    if r.function != "auto":
-        try:
-            load_reward_function(r.function, r.batched, r.kwargs)
-        except RewardFunctionError as err:
-            raise ConfigError(str(err)) from None
-
-
-def single_policy_only(cfg: SiirlConfig, command: str) -> None:
-    """Retraining and the evaluation flow work on one policy; say so before starting."""
-    if cfg.agents.env:
-        raise ConfigError(f"agents.env={cfg.agents.env!r}: `siirl {command}` takes single-policy runs; "
-                          "a multi-agent run evaluates itself during training (val/ metrics)")
-
-
-def _validate_retrain_and_evaluate(cfg: SiirlConfig) -> None:
-    _positive("retrain.iterations", cfg.retrain.iterations)
-    _positive("retrain.margin", cfg.retrain.margin, zero_ok=True)
-    if cfg.retrain.date:
-        try:
-            datetime.date.fromisoformat(cfg.retrain.date)
-        except ValueError:
-            raise ConfigError(f"retrain.date={cfg.retrain.date!r}: expected a date as YYYY-MM-DD") from None
-    ev = cfg.evaluate
-    _positive("evaluate.n", ev.n)
-    _positive("evaluate.temperature", ev.temperature)
-    if not 0 < ev.top_p <= 1:
-        raise ConfigError(f"evaluate.top_p={ev.top_p!r} is not allowed; expected 0 < top_p <= 1")
-    bad = [k for k in ev.pass_k if not 1 <= k <= ev.n]
-    if bad:
-        raise ConfigError(f"evaluate.pass_k={list(ev.pass_k)}: every k must be in 1..evaluate.n={ev.n}; got {bad}")
-    src = ev.source
-    if src and "://" not in src and not any(os.path.isfile(os.path.join(src, f)) for f in ("config.json",
-                                                                                           "manifest.json")):
-        raise ConfigError(f"evaluate.source={src!r} is neither a checkpoint folder (with manifest.json) "
-                          "nor an HF model directory (with config.json)")
-
-
 def build_config(composed: DictConfig | dict, cross_checks: bool = True) -> SiirlConfig:
     """Typed, validated config from a composed Hydra/OmegaConf tree."""
     schema = OmegaConf.structured(SiirlConfig)
@@ -497,7 +318,11 @@ def build_config(composed: DictConfig | dict, cross_checks: bool = True) -> Siir
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(explain_omegaconf_error(err)) from None
-    return validate(cfg) if cross_checks else cfg
+    if not cross_checks:
+        return cfg
+    from siirl_core.config_checks import validate  # here: the checks import this module's schema
+
+    return validate(cfg)
 
 
 def known_keys(section: str) -> list[str]:

@@ -37,6 +37,6 @@ def fused_update_blockers(cfg) -> list[str]:
 
 
 def fused_update_active(cfg) -> bool:
-    """trainer.fused_update: on (an error if blocked, see config.validate), off, or auto
+    """trainer.fused_update: on (an error if blocked, see config_checks.validate), off, or auto
     (on exactly when nothing blocks it)."""
     return cfg.trainer.fused_update != "off" and not fused_update_blockers(cfg)
