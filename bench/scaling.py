@@ -55,8 +55,8 @@ def main() -> None:
     ap.add_argument("--cluster", default="local", choices=["local", "local_cuda"],
                     help="local_cuda: dask-cuda workers, one per GPU, DeepSpeed over NCCL")
     ap.add_argument("--ranks", default="1,2", help="rank counts to measure, e.g. 1 on one GPU")
-    ap.add_argument("--work-spec", default="", help="model size: run bench/work_spec.py's work on it (the hf "
-                    "backend, as trl_compare's scaling step), the overrides after it")
+    ap.add_argument("--work-spec", default="", help="model size: run bench/work_spec.py's work on it with the hf "
+                    "backend, as trl_compare's scaling step; the positional overrides apply on top")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if args.work_spec:

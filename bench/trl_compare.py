@@ -150,7 +150,7 @@ def summarise(runs: list[dict], prompt_len: float, peak: float, trl_runs: list[d
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "final_reward": [r["final_reward"] for r in runs], "parameters": params,
-        "vs_trl_paired": paired_ratios(runs, trl_runs) if trl_runs else [],
+        "vs_trl_paired": paired_ratios(runs, trl_runs) if trl_runs and runs is not trl_runs else [],
     }
 
 
@@ -273,8 +273,8 @@ def main() -> None:
             peak = max(peaks)  # every size's utilisation against the same, highest peak
             result.update(peak_gflops=peak / 1e9, peak_gflops_samples=[p / 1e9 for p in peaks])
             for done, (done_runs, done_len) in measured.items():
-                result["sizes"][done] = {s: summarise(r, done_len, peak, done_runs.get("trl", []) if s != "trl"
-                                                      else []) for s, r in done_runs.items()}
+                result["sizes"][done] = {s: summarise(r, done_len, peak, done_runs.get("trl", []))
+                                         for s, r in done_runs.items()}
             siirl_sides = [s for s in sides if s.startswith("siirl-")]
             if size == args.scaling_size and siirl_sides and args.device == "cpu":  # CPU ranks, one thread each
                 result["scaling"] = measure_scaling(size, model_dir, args.iterations, siirl_sides[-1].split("-")[1])
