@@ -66,6 +66,10 @@ class RolloutConfig:
     # doubled engine start-up (36 s -> 17 s eager) for about 15% slower sampling of the
     # tiny model; compiled on GPU.
     enforce_eager: Optional[bool] = None
+    # hf backend, Llama-family models (Llama, Qwen2): sample through siirl's grouped decoder
+    # (prompt keys kept once per GRPO group, one weight gradient per weight for the fused
+    # update; rollout/grouped_decode.py). false: through transformers' forward and KV cache.
+    grouped_decode: bool = True
 
 
 @dataclass

@@ -90,6 +90,12 @@ class RankWorker:
                                           local_world_size=self.local_world_size,
                                           timeout_s=self.cfg.cluster.collective_timeout_s)
         self.device = rank_device()
+        if self.device.type == "cpu":
+            # Gradients of the policy loss reach denormal magnitudes (below 1.2e-38) in the backward
+            # pass, where the CPU slows down many-fold (the `small` benchmark model's fused
+            # backward with non-zero advantages: 0.72 -> 0.40 s). Flushed to zero, they change
+            # no result by more than that. Set per process: a rank worker owns its process.
+            torch.set_flush_denormal(True)
 
     @property
     def bf16(self) -> bool:
@@ -132,7 +138,8 @@ class RankWorker:
             return VLLMRollout(self.model_path, eos_id=self.tokenizer.eos_token_id, seed=self.cfg.trainer.seed,
                                kv_cache_gib=r.kv_cache_gib, cpu_cores=cores, enforce_eager=r.enforce_eager)
         from siirl_core.rollout.hf_engine import HFRollout
-        return HFRollout(self.actor.module, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id)
+        return HFRollout(self.actor.module, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id,
+                         grouped=r.grouped_decode)
 
     # --- iterations ---------------------------------------------------------
     def run_until(self, step: int) -> dict:

@@ -17,6 +17,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from siirl_core.rollout.base import SamplingConfig
+from siirl_core.rollout.grouped_decode import GroupedDecoder, grouped_decode_blocker
 from siirl_core.training.logprobs import module_device, position_ids_from_mask
 
 
@@ -62,23 +63,49 @@ def choose_tokens(raw: torch.Tensor, sampling: SamplingConfig, step: int, eos_id
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(raw.device)
 
 
+class CacheDecoder:
+    """The sampling loop's forward passes through the model's own forward and a
+    transformers KV cache: any causal LM. The prompt's cache is repeated for its n samples."""
+
+    def __init__(self, module, n: int):
+        self.module, self.n = module, n
+        self.cache, self.mask = DynamicCache(), None
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.module(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+                          use_cache=True)
+        self.cache = out.past_key_values
+        if self.n > 1:
+            self.cache.batch_repeat_interleave(self.n)  # autograd sums the samples' gradients into the prompt's
+        self.mask = mask.repeat_interleave(self.n, 0)
+        return out.logits[:, -1].float().repeat_interleave(self.n, 0)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
+        out = self.module(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions[:, None],
+                          past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1].float()
+
+
+def decoder_for(module, n: int, grouped: bool = True):
+    """The grouped Llama-family decoder where it fits the model, else the generic one."""
+    if grouped and grouped_decode_blocker(module) is None:
+        return GroupedDecoder(module, n)
+    return CacheDecoder(module, n)
+
+
 def decode(module, prompts: list[list[int]], sampling: SamplingConfig, *, pad_id: int, eos_id: int,
-           gen: torch.Generator, keep_graph: bool = False) -> Decoded:
+           gen: torch.Generator, keep_graph: bool = False, grouped: bool = True) -> Decoded:
     """Sample sampling.n responses for each prompt; rows come prompt-major
-    (prompt i's samples are rows i*n .. i*n+n-1)."""
+    (prompt i's samples are rows i*n .. i*n+n-1). grouped: use GroupedDecoder where it fits."""
     device = module_device(module)
     ids, mask = (x.to(device) for x in left_pad(prompts, pad_id))
     positions = position_ids_from_mask(mask)
     n = sampling.n
     with nullcontext() if keep_graph else torch.no_grad():
-        cache = DynamicCache()
-        out = module(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                     use_cache=True)
-        cache = out.past_key_values
-        if n > 1:
-            cache.batch_repeat_interleave(n)  # autograd sums the samples' gradients into the prompt's
-        raw = out.logits[:, -1].float().repeat_interleave(n, 0)  # [B, V]
-        mask, last_pos = mask.repeat_interleave(n, 0), positions[:, -1].repeat_interleave(n, 0)
+        decoder = decoder_for(module, n, grouped)
+        raw = decoder.prefill(ids, mask, positions)  # [B, V]
+        last_pos = positions[:, -1].repeat_interleave(n, 0)
         finished = torch.zeros(raw.shape[0], dtype=torch.bool, device=device)
         tokens, logprobs, kept = [], [], []
         for step in range(sampling.max_new_tokens):
@@ -90,10 +117,7 @@ def decode(module, prompts: list[list[int]], sampling: SamplingConfig, *, pad_id
             finished |= nxt == eos_id
             if step + 1 == sampling.max_new_tokens or bool(finished.all()):
                 break  # the last token is never fed back: nothing reads its hidden states
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             last_pos = last_pos + 1
-            out = module(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                         past_key_values=cache, use_cache=True)
-            raw = out.logits[:, -1].float()
+            raw = decoder.step(nxt, last_pos)
     return Decoded(torch.stack(tokens, 1).cpu(), torch.stack(logprobs, 1).cpu(),
                    torch.stack(kept, 1) if keep_graph else None)

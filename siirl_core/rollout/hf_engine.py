@@ -11,8 +11,10 @@ from siirl_core.rollout.decode import decode
 
 
 class HFRollout:
-    def __init__(self, module: torch.nn.Module, pad_id: int, eos_id: int, batch_size: int = 256):
+    def __init__(self, module: torch.nn.Module, pad_id: int, eos_id: int, batch_size: int = 256,
+                 grouped: bool = True):
         self.module = module
+        self.grouped = grouped  # GroupedDecoder where the model fits it (rollout.grouped_decode)
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.batch_size = batch_size  # samples per forward pass
@@ -31,7 +33,7 @@ class HFRollout:
             for start in range(0, len(prompt_ids), per_chunk):
                 chunk = prompt_ids[start:start + per_chunk]
                 out = decode(self.module, chunk, sampling, pad_id=self.pad_id, eos_id=self.eos_id, gen=gen,
-                             keep_graph=keep_graph)
+                             keep_graph=keep_graph, grouped=self.grouped)
                 self._append(batch, chunk, out.tokens.tolist(), out.logprobs.tolist(), start, sampling.n)
                 kept.append(out.train_logits)
         finally:
