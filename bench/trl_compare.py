@@ -31,9 +31,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from work_spec import SPEC, siirl_overrides  # noqa: E402
+from work_spec import SIIRL_SIDES, SPEC, siirl_overrides  # noqa: E402
 
-SIDES = ("siirl-vllm", "siirl-hf", "trl")
+SIDES = (*SIIRL_SIDES, "trl")
 
 
 def matmul_peak_flops(threads: int, device: str = "cpu", repeats: int = 10) -> float:
@@ -90,7 +90,7 @@ def run_side(side: str, size: str, model_dir: str, prompts: str, iterations: int
     if side == "trl":
         cmd = [trl_python, os.path.join(HERE, "trl_side.py"), spec, model_dir, prompts, str(iterations), out, device]
     else:  # siirl puts the model on the GPU whenever torch sees one
-        cmd = [sys.executable, os.path.join(HERE, "siirl_side.py"), spec, model_dir, size, side.split("-")[1],
+        cmd = [sys.executable, os.path.join(HERE, "siirl_side.py"), spec, model_dir, size, side,
                str(iterations), out]
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=str(SPEC["threads"]), PYTHONPATH=path)
@@ -112,16 +112,17 @@ def measure_scaling(size: str, model_dir: str, iterations: int, backend: str) ->
             "efficiency": rows[1]["samples_per_s"] / (2 * rows[0]["samples_per_s"])}
 
 
-def iteration_flops(params: int, prompt_len: float, fused: bool) -> float:
+def iteration_flops(params: int, prompt_len: float, fused: bool, skipped_rows: int = 0) -> float:
     """Model FLOPs of one iteration's passes. Separate rollout and update (TRL, siirl-vllm,
     siirl-hf unfused): the issue's count, 2 x parameters per generated token + 6 x per
-    trained (prompt + response) token. siirl-hf fused: 6 x parameters per token fed
-    through the model once: each prompt once for its group, then the samples' response
+    trained (prompt + response) token, over the rows the update ran (siirl leaves out rows
+    whose advantages are all zero: skipped_rows). siirl-hf fused: 6 x parameters per token
+    fed through the model once: each prompt once for its group, then the samples' response
     tokens but the last (which is sampled, never fed back)."""
     samples, new = SPEC["prompts_per_step"] * SPEC["n"], SPEC["max_new_tokens"]
     if fused:
         return 6 * params * (SPEC["prompts_per_step"] * prompt_len + samples * (new - 1))
-    return 2 * params * samples * new + 6 * params * samples * (prompt_len + new)
+    return 2 * params * samples * new + 6 * params * (samples - skipped_rows) * (prompt_len + new)
 
 
 def paired_ratios(runs: list[dict], trl_runs: list[dict]) -> list[float]:
@@ -140,13 +141,19 @@ def summarise(runs: list[dict], prompt_len: float, peak: float, trl_runs: list[d
     params = runs[0]["parameters"]
     fused = bool(runs[0].get("fused"))
     med = statistics.median
+    # Per timed iteration: fused or not, rows left out (siirl-hf decides per iteration; TRL: never).
+    per_iter = [(f, k) for r in runs for f, k in zip(r.get("fused_iterations", [fused] * len(r["iteration_s"])),
+                                                    r.get("zero_advantage_rows_skipped", [0] * len(r["iteration_s"])))]
+    flops = statistics.mean(iteration_flops(params, prompt_len, f, k) for f, k in per_iter)
     return {
         "s_per_iter": {"median": med(it), "min": min(it), "max": max(it)},
         "rollout_tokens_per_s": gen_tokens / med(roll), "train_tokens_per_s": train_tokens / med(train),
         # Fused, the rollout phase also runs the update's forward pass: no per-phase MFU.
         "rollout_mfu": None if fused else 2 * params * gen_tokens / med(roll) / peak,
         "train_mfu": None if fused else 6 * params * train_tokens / med(train) / peak,
-        "iteration_mfu": iteration_flops(params, prompt_len, fused) / med(it) / peak, "fused": fused,
+        "iteration_mfu": flops / med(it) / peak, "fused": fused,
+        "fused_iterations_frac": sum(f for f, _ in per_iter) / len(per_iter),
+        "rows_skipped_frac": sum(k for _, k in per_iter) / (samples * len(per_iter)),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "final_reward": [r["final_reward"] for r in runs], "parameters": params,
@@ -165,15 +172,17 @@ def write_report(result: dict, out: str, command: str) -> None:
             else f"GPU: {m['gpu']}, bf16 matmul peak {result['peak_gflops'] / 1e3:.0f} TFLOP/s")
     lines = [f"Command: `{command}`", "",
              f"Machine: {m['cpus']} CPUs ({m['processor']}), {SPEC['threads']} thread per process; {peak}.", "",
-             "| model | side | s/iter (median, min-max) | vs TRL | vs TRL per repeat (median) | rollout tok/s | train tok/s | rollout MFU | "
-             "train MFU | iteration MFU | peak RSS MiB | peak GPU MiB | final reward (each repeat) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | side | s/iter (median, min-max) | vs TRL | vs TRL per repeat (median) | rows skipped | "
+             "rollout tok/s | train tok/s | rollout MFU | train MFU | iteration MFU | peak RSS MiB | peak GPU MiB | "
+             "final reward (each repeat) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, sides in result["sizes"].items():
         trl = sides["trl"]["s_per_iter"]["median"] if "trl" in sides else float("nan")
         for side, s in sides.items():
             it = s["s_per_iter"]
             lines.append(f"| {size} ({s['parameters'] / 1e6:.2f}M) | {side} | {it['median']:.3f} "
                          f"({it['min']:.3f}-{it['max']:.3f}) | {trl / it['median']:.2f}x | {_paired(s)} | "
+                         f"{s.get('rows_skipped_frac', 0):.0%} | "
                          f"{s['rollout_tokens_per_s']:.0f} | {s['train_tokens_per_s']:.0f} | "
                          f"{_share(s['rollout_mfu'])} | {_share(s['train_mfu'])} | {_share(s['iteration_mfu'])} | "
                          f"{s['peak_rss_mib']:.0f} | "
@@ -181,7 +190,10 @@ def write_report(result: dict, out: str, command: str) -> None:
                          f"{', '.join(f'{r:.3f}' for r in s['final_reward'])} |")
     lines += ["", "vs TRL: TRL's median s/iter over this side's, all repeats pooled. Per repeat: the same ratio "
               "within each repeat, whose sides ran back to back, so a drift in the machine's speed between "
-              "repeats cancels out; in brackets their median."]
+              "repeats cancels out; in brackets their median.", "",
+              "rows skipped: the share of sampled rows the update left out because all their advantages were "
+              "zero (every sample of their prompt scored the same; trainer.skip_zero_advantage, the same loss "
+              "and gradient); siirl-hf-allrows turns that off and runs every row, as TRL does."]
     if any(s.get("fused") for sides in result["sizes"].values() for s in sides.values()):
         lines += ["", "fused: the update back-propagates through the rollout's own forward passes "
                   "(trainer.fused_update), so the rollout phase includes the update's forward pass and the train "
@@ -243,12 +255,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "trl_compare"))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--sides", default=",".join(SIDES), help="which of siirl-vllm, siirl-hf, trl to run")
+    ap.add_argument("--sides", default=",".join(SIDES), help="which of " + ", ".join(SIDES) + " to run")
     ap.add_argument("--trl-python", default="", help="a python that has TRL (default: make .venv-trl)")
     ap.add_argument("--scaling-size", default="small", help="on the CPU, also run siirl on 1 and 2 ranks for "
                     "this size ('' to skip)")
     args = ap.parse_args()
     sides = tuple(args.sides.split(","))
+    if set(sides) - set(SIDES):
+        ap.error(f"unknown sides {sorted(set(sides) - set(SIDES))}; expected some of {', '.join(SIDES)}")
     trl_python = args.trl_python or os.path.join(ROOT, subprocess.check_output(
         ["bash", os.path.join(HERE, "setup_trl.sh")], text=True).strip().splitlines()[-1], "bin", "python")
     # This VM's speed drifts: the peak is measured again before every round of sides and
@@ -277,7 +291,7 @@ def main() -> None:
                                          for s, r in done_runs.items()}
             siirl_sides = [s for s in sides if s.startswith("siirl-")]
             if size == args.scaling_size and siirl_sides and args.device == "cpu":  # CPU ranks, one thread each
-                result["scaling"] = measure_scaling(size, model_dir, args.iterations, siirl_sides[-1].split("-")[1])
+                result["scaling"] = measure_scaling(size, model_dir, args.iterations, SIIRL_SIDES[siirl_sides[-1]][0])
             write_report(result, args.out, command)  # after every size: a cut-short run keeps what it measured
     print(open(args.out + ".md").read())
 

@@ -18,10 +18,15 @@ SPEC = {
 # Fixed-length completions never end with EOS, so both sides score with the same
 # prefix match: the completion starts with the answer.
 REWARD = "bench/bench_reward.py:prefix_match"
+# siirl's sides: rollout backend and overrides beyond the shared work. `siirl-hf-allrows`
+# turns off skipping the rows whose advantages are all zero (trainer.skip_zero_advantage),
+# so it runs every row through the update as TRL does: the same gradient, more FLOPs.
+SIIRL_SIDES = {"siirl-vllm": ("vllm", []), "siirl-hf": ("hf", []),
+               "siirl-hf-allrows": ("hf", ["trainer.skip_zero_advantage=false"])}
 
 
-def siirl_overrides(spec: dict, size: str, backend: str, iterations: int) -> list[str]:
-    return [f"model.size={size}", f"rollout={backend}", f"trainer.prompts_per_step={spec['prompts_per_step']}",
+def siirl_overrides(spec: dict, size: str, backend: str, iterations: int, extra: list[str] = ()) -> list[str]:
+    return list(extra) + [f"model.size={size}", f"rollout={backend}", f"trainer.prompts_per_step={spec['prompts_per_step']}",
             f"rollout.n={spec['n']}", f"rollout.max_new_tokens={spec['max_new_tokens']}",
             f"rollout.min_new_tokens={spec['max_new_tokens']}", f"trainer.lr={spec['lr']}",
             f"algorithm.clip_ratio_low={spec['clip']}", f"algorithm.clip_ratio_high={spec['clip']}",

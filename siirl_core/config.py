@@ -131,6 +131,11 @@ class TrainerConfig:
     # forward pass (siirl_core/training/fused.py): auto = whenever allowed, on = an
     # error when not allowed, off = never.
     fused_update: str = "auto"
+    # Rows whose advantages are all zero (GRPO groups whose samples scored alike) add exactly
+    # nothing to the loss or its gradient in a one-step on-policy update without a KL or
+    # entropy term: the update leaves them out of its forward and backward passes (and
+    # drops the fused graph when that is cheaper). See docs/configuration.md.
+    skip_zero_advantage: bool = True
     zero_stage: int = 2
     seed: int = 0
     # Extra seed of the RL prompt stream (0: prompts depend on trainer.seed and the step

@@ -26,7 +26,8 @@ from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.critic import response_values
-from siirl_core.training.fused import fused_update_active, on_policy_single_update
+from siirl_core.training.fused import (fused_backward_cheaper, fused_update_active, on_policy_single_update,
+                                      skips_zero_advantage)
 from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
 from siirl_core.training.logprobs import compute_full_logprobs, compute_logprobs, response_logits
 
@@ -323,29 +324,62 @@ def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[
 
 
 def _micro_loss(w, ctx, micro, bag):
-    """The policy loss of one micro-batch, from one forward pass (or the rollout's, fused)."""
+    """The policy loss of one micro-batch, from one forward pass (or the rollout's, fused).
+    With ctx["update_rows"] set, only those rows (at least one, so every rank back-propagates)
+    run the forward pass; the others' log-probs are a constant 0 with old = new, i.e. ratio 1
+    and, with their zero advantages, a loss of exactly 0, as they would have had."""
     cfg, t = w.cfg, ctx["tensors"]
-    kept = ctx.get("rollout_logits")
+    kept, chosen = ctx.get("rollout_logits"), ctx.get("update_rows")
+    inside = torch.ones(len(micro), dtype=torch.bool) if chosen is None else chosen[micro].clone()
+    if not bool(inside.any()):
+        inside[0] = True
+    computed = micro[inside]
     if kept is not None:  # [B, S, V] with S >= R: every response ends within the sampled steps
         logits = kept[micro.to(kept.device)][:, :t["response_len"]]
     else:
-        logits = response_logits(w.actor.engine, t["input_ids"][micro], t["attention_mask"][micro],
+        logits = response_logits(w.actor.engine, t["input_ids"][computed], t["attention_mask"][computed],
                                  t["response_len"], cfg.rollout.temperature)  # [b, R, V], on the actor's device
 
-    def rows(x):  # this micro-batch of a batch tensor (kept on the CPU), where the logits are
-        return None if x is None else x[micro].to(logits.device)
+    def rows(x, which=micro):  # rows of a batch tensor (kept on the CPU), where the logits are
+        return None if x is None else x[which].to(logits.device)
 
-    lp = logprobs_from_logits(logits, rows(t["input_ids"])[:, -t["response_len"]:])
+    lp = logprobs_from_logits(logits, rows(t["input_ids"], computed if kept is None else micro)[:, -t["response_len"]:])
+    entropy = entropy_from_logits(logits)
     mask = rows(t["response_mask"])
+    if kept is None and chosen is not None:  # back to the micro-batch's rows
+        at = torch.nonzero(inside).squeeze(1).to(logits.device)
+        lp = torch.zeros(len(micro), lp.shape[1], dtype=lp.dtype, device=lp.device).index_copy(0, at, lp)
+        entropy = torch.zeros_like(lp).index_copy(0, at, entropy)
+    measured = mask * inside.to(mask.device)[:, None]  # tokens whose log-probs and entropy were computed
     full_kl = cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0
     if ctx.get("old_log_probs") is None:  # on-policy, one step: old = this very forward pass
         old = lp.detach()
-        isw = _record_mismatch(w, old, rows(t["rollout_log_probs"]), mask, bag)
+        isw = _record_mismatch(w, old, rows(t["rollout_log_probs"]), measured, bag)
     else:
         old, isw = rows(ctx["old_log_probs"]), rows(ctx.get("is_weights"))
-    return policy_loss_terms(lp, entropy_from_logits(logits), old, rows(ctx.get("ref_log_probs")),
+    return policy_loss_terms(lp, entropy, old, rows(ctx.get("ref_log_probs")),
                              rows(ctx["advantages"]), mask, cfg.algorithm, is_weights=isw,
-                             kl_log_probs=torch.log_softmax(logits, -1) if full_kl else lp)
+                             kl_log_probs=torch.log_softmax(logits, -1) if full_kl else lp, entropy_mask=measured)
+
+
+def _choose_update_rows(w, ctx, bag) -> None:
+    """ctx["update_rows"]: the rows with a non-zero advantage, where leaving the others out
+    is the same update (trainer.skip_zero_advantage); None: every row. The rollout's graph
+    (fused update) covers every row: it is dropped when the chosen rows' own forward and
+    backward passes cost fewer FLOPs than back-propagating through it."""
+    ctx["update_rows"] = None
+    if not skips_zero_advantage(w.cfg):
+        return
+    t = ctx["tensors"]
+    active = (ctx["advantages"] != 0).any(-1)  # [B]
+    rows, width = t["input_ids"].shape
+    bag.add("perf/zero_advantage_rows", int((~active).sum()), reduce="sum")
+    kept = ctx.get("rollout_logits")
+    if kept is not None and fused_backward_cheaper(int(active.sum()), rows, rows // w.cfg.rollout.n,
+                                                   width - t["response_len"], width, kept.shape[1]):
+        return
+    ctx.pop("rollout_logits", None)
+    ctx["update_rows"] = active
 
 
 def node_update(w, ctx, bag):
@@ -354,6 +388,7 @@ def node_update(w, ctx, bag):
     n = t["input_ids"].shape[0]
     gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + ctx["step"])
     tokens = 0
+    _choose_update_rows(w, ctx, bag)
     bag.add("perf/fused_update", float("rollout_logits" in ctx))
     if "rollout_logits" in ctx and cfg.trainer.micro_batch_size < n:
         raise RuntimeError(f"the rollout's graph covers {n} samples but trainer.micro_batch_size is "
@@ -365,7 +400,8 @@ def node_update(w, ctx, bag):
                 # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
                 w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
                 weight = float(t["response_mask"][micro].sum())
-                tokens += int(t["attention_mask"][micro].sum())
+                chosen = ctx["update_rows"]
+                tokens += int(t["attention_mask"][micro if chosen is None else micro[chosen[micro]]].sum())
                 for k, v in m.items():
                     bag.add(k, v, weight=weight)
             bag.add("actor/grad_norm", w.actor.grad_norm())

@@ -5,6 +5,7 @@ import importlib.util
 import os
 
 from siirl_core.compose import compose_config
+from siirl_core.config import to_dict
 from tests.conftest import ROOT
 
 
@@ -19,8 +20,8 @@ def test_both_sides_get_the_same_work():
     ws = _work_spec()
     spec, iterations = dict(ws.SPEC), 5
     for size in ("tiny", "small", "medium"):
-        for backend in ("vllm", "hf"):
-            cfg = compose_config(ws.siirl_overrides(spec, size, backend, iterations))
+        for side, (backend, extra) in ws.SIIRL_SIDES.items():
+            cfg = compose_config(ws.siirl_overrides(spec, size, backend, iterations, extra))
             trl = ws.trl_config_kwargs(spec, iterations, "/tmp/out")
             assert cfg.model.size == size and cfg.rollout.backend == backend
             assert cfg.trainer.prompts_per_step * cfg.rollout.n == trl["per_device_train_batch_size"]
@@ -46,3 +47,12 @@ def test_on_a_gpu_trl_trains_in_bf16_like_siirl():
     ws = _work_spec()
     trl = ws.trl_config_kwargs(dict(ws.SPEC), 5, "/tmp/out", device="cuda")
     assert not trl["use_cpu"] and trl["bf16"]
+
+
+def test_the_allrows_side_differs_only_in_skipping_zero_advantage_rows():
+    ws = _work_spec()
+    configs = {side: to_dict(compose_config(ws.siirl_overrides(dict(ws.SPEC), "small", backend, 3, extra)))
+               for side, (backend, extra) in ws.SIIRL_SIDES.items() if backend == "hf"}
+    skip, allrows = configs["siirl-hf"], configs["siirl-hf-allrows"]
+    assert skip["trainer"].pop("skip_zero_advantage") and not allrows["trainer"].pop("skip_zero_advantage")
+    assert skip == allrows

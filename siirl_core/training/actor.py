@@ -140,10 +140,11 @@ class DeepSpeedActor:
 
 
 def policy_loss_terms(log_probs, entropy, old_log_probs, ref_log_probs, advantages, response_mask, algo,
-                      is_weights=None, kl_log_probs=None) -> tuple:
+                      is_weights=None, kl_log_probs=None, entropy_mask=None) -> tuple:
     """Policy loss + KL + entropy bonus for one micro-batch; algo is the AlgorithmConfig.
     kl_log_probs: what the KL compares with ref_log_probs, when not the sampled tokens'
-    log-probs (whole-vocabulary [B, T, V] for the "full" estimator)."""
+    log-probs (whole-vocabulary [B, T, V] for the "full" estimator). entropy_mask: the
+    tokens whose entropy was computed, for its metric (default: response_mask)."""
     loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     pg_loss, metrics = loss_fn(log_probs, old_log_probs, advantages, response_mask,
                                clip_ratio_low=algo.clip_ratio_low, clip_ratio_high=algo.clip_ratio_high,
@@ -158,7 +159,7 @@ def policy_loss_terms(log_probs, entropy, old_log_probs, ref_log_probs, advantag
                             algo.loss_agg_mode)
         loss = loss + algo.kl_coef * kl
         metrics["actor/kl"] = kl.detach()
-    ent = masked_mean(entropy, response_mask)
+    ent = masked_mean(entropy, response_mask if entropy_mask is None else entropy_mask)
     if algo.entropy_coef:
         loss = loss - algo.entropy_coef * aggregate_loss(entropy, response_mask, algo.loss_agg_mode)
     metrics["actor/entropy"] = ent.detach()

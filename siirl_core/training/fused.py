@@ -40,3 +40,22 @@ def fused_update_active(cfg) -> bool:
     """trainer.fused_update: on (an error if blocked, see config_checks.validate), off, or auto
     (on exactly when nothing blocks it)."""
     return cfg.trainer.fused_update != "off" and not fused_update_blockers(cfg)
+
+
+def skips_zero_advantage(cfg) -> bool:
+    """trainer.skip_zero_advantage, where leaving all-zero-advantage rows out is the same
+    loss and gradient: one step on fresh samples (the ratio of every row is exactly 1, so
+    its loss is -advantage), no KL penalty and no entropy bonus in the loss."""
+    algo = cfg.algorithm
+    return (cfg.trainer.skip_zero_advantage and on_policy_single_update(cfg) and algo.kl_coef == 0
+            and algo.entropy_coef == 0)
+
+
+def fused_backward_cheaper(active_rows: int, rows: int, prompts: int, prompt_width: int, seq_width: int,
+                           steps: int) -> bool:
+    """Whether back-propagating through the rollout's graph (all rows: each prompt's prefill
+    and every fed-back token; 4 FLOPs per parameter and token) costs no more than a
+    separate forward and backward pass (6 per parameter and token) over only the rows
+    with a non-zero advantage, each its padded prompt and response."""
+    fused_tokens = prompts * prompt_width + rows * max(0, steps - 1)
+    return 4 * fused_tokens <= 6 * active_rows * seq_width
