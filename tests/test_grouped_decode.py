@@ -89,6 +89,15 @@ def test_models_outside_the_family_use_transformers_forward():
     dropout = AutoModelForCausalLM.from_config(Qwen2Config(num_attention_heads=4, attention_dropout=0.1, **COMMON))
     assert grouped_decode_blocker(dropout.train()) == "attention dropout in training mode"
     assert grouped_decode_blocker(dropout.eval()) is None
+    adapted = _model("llama")
+
+    class WithAdapter(torch.nn.Linear):  # e.g. a LoRA layer: its own forward adds to the weight's
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    old = adapted.model.layers[1].mlp.up_proj
+    adapted.model.layers[1].mlp.up_proj = WithAdapter(old.in_features, old.out_features, bias=False)
+    assert "plain torch.nn.Linear" in grouped_decode_blocker(adapted)
 
 
 @pytest.mark.parametrize("tokens", [3, 40])  # the broadcast sum while few, a batched product beyond
