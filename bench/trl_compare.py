@@ -145,15 +145,17 @@ def summarise(runs: list[dict], prompt_len: float, peak: float, trl_runs: list[d
     per_iter = [(f, k) for r in runs for f, k in zip(r.get("fused_iterations", [fused] * len(r["iteration_s"])),
                                                     r.get("zero_advantage_rows_skipped", [0] * len(r["iteration_s"])))]
     flops = statistics.mean(iteration_flops(params, prompt_len, f, k) for f, k in per_iter)
+    trained = 1 - sum(k for _, k in per_iter) / (samples * len(per_iter))  # share of rows the update ran
     return {
         "s_per_iter": {"median": med(it), "min": min(it), "max": max(it)},
-        "rollout_tokens_per_s": gen_tokens / med(roll), "train_tokens_per_s": train_tokens / med(train),
+        # Training counts the rows the update ran (siirl leaves out rows with all-zero advantages).
+        "rollout_tokens_per_s": gen_tokens / med(roll), "train_tokens_per_s": train_tokens * trained / med(train),
         # Fused, the rollout phase also runs the update's forward pass: no per-phase MFU.
         "rollout_mfu": None if fused else 2 * params * gen_tokens / med(roll) / peak,
-        "train_mfu": None if fused else 6 * params * train_tokens / med(train) / peak,
+        "train_mfu": None if fused else 6 * params * train_tokens * trained / med(train) / peak,
         "iteration_mfu": flops / med(it) / peak, "fused": fused,
         "fused_iterations_frac": sum(f for f, _ in per_iter) / len(per_iter),
-        "rows_skipped_frac": sum(k for _, k in per_iter) / (samples * len(per_iter)),
+        "rows_skipped_frac": 1 - trained,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "final_reward": [r["final_reward"] for r in runs], "parameters": params,
@@ -193,7 +195,8 @@ def write_report(result: dict, out: str, command: str) -> None:
               "repeats cancels out; in brackets their median.", "",
               "rows skipped: the share of sampled rows the update left out because all their advantages were "
               "zero (every sample of their prompt scored the same; trainer.skip_zero_advantage, the same loss "
-              "and gradient); siirl-hf-allrows turns that off and runs every row, as TRL does."]
+              "and gradient); siirl-hf-allrows turns that off and runs every row, as TRL does. train tok/s and "
+              "train MFU count the rows the update ran."]
     if any(s.get("fused") for sides in result["sizes"].values() for s in sides.values()):
         lines += ["", "fused: the update back-propagates through the rollout's own forward passes "
                   "(trainer.fused_update), so the rollout phase includes the update's forward pass and the train "
