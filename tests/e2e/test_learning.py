@@ -61,7 +61,9 @@ HF_MARGIN = 0.10
 def test_hf_backend_learns(tmp_path, cache_dir):
     """The transformers rollout backend, same flow, a shorter run and a smaller margin;
     the rank's 256 samples in one micro-batch, so the update back-propagates through the
-    rollout's forward passes (trainer.fused_update=auto)."""
+    rollout's forward passes (trainer.fused_update=auto), except in a step where the rows
+    with non-zero advantages are few enough that their own pass is cheaper
+    (trainer.skip_zero_advantage)."""
     run_dir = str(tmp_path / "run")
     run_siirl(["train", "rollout=hf", f"trainer.steps={HF_STEPS}", "trainer.eval_every=0",
                "trainer.micro_batch_size=256", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}"])
@@ -70,4 +72,5 @@ def test_hf_backend_learns(tmp_path, cache_dir):
     assert gain >= HF_MARGIN, f"accuracy {s['val_accuracy_before']:.3f} -> {s['val_accuracy_after']:.3f}"
     steps = metrics_by_step(run_dir)
     assert sorted(steps) == list(range(1, HF_STEPS + 1))
-    assert all(m["perf/fused_update"] == 1.0 for m in steps.values())
+    assert all(m["perf/fused_update"] == 1.0 or m["perf/zero_advantage_rows"] > 0 for m in steps.values())
+    assert sum(m["perf/fused_update"] for m in steps.values()) >= HF_STEPS // 2
