@@ -2,7 +2,8 @@
 
 Every node reads and writes `ctx` (a dict) and may record metrics. The default
 GRPO graph is rollout -> reward -> old_logprobs -> ref_logprobs -> advantage ->
-update -> sync. Tensors stay on the rank; only the reduced metrics leave it.
+update -> sync (the training nodes live in update_nodes.py). Tensors stay on the rank;
+only the reduced metrics leave it.
 """
 from __future__ import annotations
 
@@ -13,23 +14,18 @@ from typing import Callable
 
 import torch
 
-from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, masked_mean
+from siirl_core.algorithms import ADVANTAGE_ESTIMATORS
 from siirl_core.algorithms.kl import kl_in_reward
-from siirl_core.algorithms.policy_loss import truncated_is_weights
 from siirl_core.distributed import all_gather
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
 from siirl_core.algorithms.advantages import gae_advantages_returns
 from siirl_core.algorithms.shaping import overlong_penalty
-from siirl_core.algorithms.value import clipped_value_loss
 from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
-from siirl_core.training.actor import policy_loss_terms
-from siirl_core.training.critic import response_values
-from siirl_core.training.fused import (fused_backward_cheaper, fused_update_active, on_policy_single_update,
-                                      skips_zero_advantage)
-from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
-from siirl_core.training.logprobs import compute_full_logprobs, compute_logprobs, response_logits
+from siirl_core.training.fused import fused_update_active
+from siirl_core.training.logprobs import compute_full_logprobs, compute_logprobs
+from siirl_core.update_nodes import node_critic_update, node_old_logprobs, node_sync, node_update, node_values
 
 log = logging.getLogger("siirl.pipeline")
 DEFAULT_GRPO_PIPELINE = ("rollout", "reward", "old_logprobs", "ref_logprobs", "advantage", "update", "sync")
@@ -196,35 +192,6 @@ def _row(rb: RolloutBatch, i: int) -> tuple:
     return rb.prompt_ids[i], rb.response_ids[i], rb.response_logprobs[i], rb.finished[i]
 
 
-def _record_mismatch(w, old, rollout_lp, mask, bag):
-    """Rollout-engine vs trainer log-probs of the same tokens; the truncated IS weights when on."""
-    tokens = float(mask.sum())
-    bag.add("rollout/logprob_abs_diff", masked_mean((old - rollout_lp).abs(), mask), weight=tokens)
-    if not rollout_correction_on(w.cfg):
-        return None
-    weights, m = truncated_is_weights(old, rollout_lp, mask, cap=w.cfg.algorithm.tis_cap)
-    for k, v in m.items():
-        bag.add(f"rollout/{k}", v, weight=tokens)
-    return weights
-
-
-def node_old_logprobs(w, ctx, bag):
-    t = ctx["tensors"]
-    if on_policy_single_update(w.cfg):
-        ctx["old_log_probs"] = ctx["is_weights"] = None  # taken from the update's forward pass
-        return
-    ctx["old_log_probs"] = compute_logprobs(w.actor.module, t["input_ids"], t["attention_mask"], t["response_len"],
-                                            w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
-    ctx["is_weights"] = _record_mismatch(w, ctx["old_log_probs"], t["rollout_log_probs"], t["response_mask"], bag)
-
-
-def rollout_correction_on(cfg) -> bool:
-    """Truncated importance sampling against the rollout engine's log-probs: on by default
-    when the rollout engine is not the trainer's own model (vLLM)."""
-    mode = cfg.algorithm.rollout_correction
-    return mode == "on" or (mode == "auto" and cfg.rollout.backend != "hf")
-
-
 def node_ref_logprobs(w, ctx, bag):
     if w.ref_module is None:
         ctx["ref_log_probs"] = None
@@ -285,133 +252,6 @@ def node_advantage(w, ctx, bag):
     if ctx.get("values") is not None:  # the critic's targets
         _, ctx["returns"] = gae_advantages_returns(token_rewards, ctx["values"], t["response_mask"], algo.gamma,
                                                    algo.lam)
-
-
-def node_values(w, ctx, bag):
-    """The critic's V(s_t) for every response token, before any update this step."""
-    t = ctx["tensors"]
-    ctx["values"] = w.critic.values(t["input_ids"], t["attention_mask"], t["response_len"],
-                                    w.cfg.trainer.micro_batch_size)  # [B, R]
-    bag.add("critic/values_mean", masked_mean(ctx["values"], t["response_mask"]),
-            weight=float(t["response_mask"].sum()))
-
-
-def node_critic_update(w, ctx, bag):
-    """Fit the critic to the GAE returns with the clipped value loss, same epochs and
-    mini-batches as the policy."""
-    cfg, t = w.cfg, ctx["tensors"]
-    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7927 + ctx["step"])
-    for _ in range(cfg.trainer.ppo_epochs):
-        for mb in _minibatches(t["input_ids"].shape[0], cfg.trainer.mini_batches, gen):
-            for micro in mb.split(cfg.trainer.micro_batch_size):
-                v = response_values(w.critic.engine, t["input_ids"][micro], t["attention_mask"][micro],
-                                    t["response_len"])  # on the critic's device
-                old_v, returns, mask = (x[micro].to(v.device) for x in (ctx["values"], ctx["returns"],
-                                                                       t["response_mask"]))
-                loss, m = clipped_value_loss(v, old_v, returns, mask, clip_range=cfg.critic.value_clip,
-                                             loss_agg_mode=cfg.algorithm.loss_agg_mode)
-                w.critic.actor.micro_step(loss * (len(micro) / len(mb)) * w.critic.actor.grad_accum)
-                weight = float(t["response_mask"][micro].sum())
-                bag.add("critic/vf_loss", loss.detach(), weight=weight)
-                for k, val in m.items():
-                    bag.add(f"critic/{k}", val, weight=weight)
-            bag.add("critic/grad_norm", w.critic.actor.grad_norm())
-
-
-def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=generator) if mini_batches > 1 else torch.arange(n)
-    return list(perm.chunk(mini_batches))
-
-
-def _micro_loss(w, ctx, micro, bag):
-    """The policy loss of one micro-batch, from one forward pass (or the rollout's, fused).
-    With ctx["update_rows"] set, only those rows (at least one, so every rank back-propagates)
-    run the forward pass; the others' log-probs are a constant 0 with old = new, i.e. ratio 1
-    and, with their zero advantages, a loss of exactly 0, as they would have had."""
-    cfg, t = w.cfg, ctx["tensors"]
-    kept, chosen = ctx.get("rollout_logits"), ctx.get("update_rows")
-    inside = torch.ones(len(micro), dtype=torch.bool) if chosen is None else chosen[micro].clone()
-    if not bool(inside.any()):
-        inside[0] = True
-    computed = micro[inside]
-    if kept is not None:  # [B, S, V] with S >= R: every response ends within the sampled steps
-        logits = kept[micro.to(kept.device)][:, :t["response_len"]]
-    else:
-        logits = response_logits(w.actor.engine, t["input_ids"][computed], t["attention_mask"][computed],
-                                 t["response_len"], cfg.rollout.temperature)  # [b, R, V], on the actor's device
-
-    def rows(x, which=micro):  # rows of a batch tensor (kept on the CPU), where the logits are
-        return None if x is None else x[which].to(logits.device)
-
-    lp = logprobs_from_logits(logits, rows(t["input_ids"], computed if kept is None else micro)[:, -t["response_len"]:])
-    entropy = entropy_from_logits(logits)
-    mask = rows(t["response_mask"])
-    if kept is None and chosen is not None:  # back to the micro-batch's rows
-        at = torch.nonzero(inside).squeeze(1).to(logits.device)
-        lp = torch.zeros(len(micro), lp.shape[1], dtype=lp.dtype, device=lp.device).index_copy(0, at, lp)
-        entropy = torch.zeros_like(lp).index_copy(0, at, entropy)
-    measured = mask * inside.to(mask.device)[:, None]  # tokens whose log-probs and entropy were computed
-    full_kl = cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0
-    if ctx.get("old_log_probs") is None:  # on-policy, one step: old = this very forward pass
-        old = lp.detach()
-        isw = _record_mismatch(w, old, rows(t["rollout_log_probs"]), measured, bag)
-    else:
-        old, isw = rows(ctx["old_log_probs"]), rows(ctx.get("is_weights"))
-    return policy_loss_terms(lp, entropy, old, rows(ctx.get("ref_log_probs")),
-                             rows(ctx["advantages"]), mask, cfg.algorithm, is_weights=isw,
-                             kl_log_probs=torch.log_softmax(logits, -1) if full_kl else lp, entropy_mask=measured)
-
-
-def _choose_update_rows(w, ctx, bag) -> None:
-    """ctx["update_rows"]: the rows with a non-zero advantage, where leaving the others out
-    is the same update (trainer.skip_zero_advantage); None: every row. The rollout's graph
-    (fused update) covers every row: it is dropped when the chosen rows' own forward and
-    backward passes cost fewer FLOPs than back-propagating through it."""
-    ctx["update_rows"] = None
-    if not skips_zero_advantage(w.cfg):
-        return
-    t = ctx["tensors"]
-    active = (ctx["advantages"] != 0).any(-1)  # [B]
-    rows, width = t["input_ids"].shape
-    bag.add("perf/zero_advantage_rows", int((~active).sum()), reduce="sum")
-    kept = ctx.get("rollout_logits")
-    if kept is not None and fused_backward_cheaper(int(active.sum()), rows, rows // w.cfg.rollout.n,
-                                                   width - t["response_len"], width, kept.shape[1]):
-        return
-    ctx.pop("rollout_logits", None)
-    ctx["update_rows"] = active
-
-
-def node_update(w, ctx, bag):
-    cfg = w.cfg
-    t = ctx["tensors"]
-    n = t["input_ids"].shape[0]
-    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + ctx["step"])
-    tokens = 0
-    _choose_update_rows(w, ctx, bag)
-    bag.add("perf/fused_update", float("rollout_logits" in ctx))
-    if "rollout_logits" in ctx and cfg.trainer.micro_batch_size < n:
-        raise RuntimeError(f"the rollout's graph covers {n} samples but trainer.micro_batch_size is "
-                           f"{cfg.trainer.micro_batch_size}: set trainer.fused_update=off")
-    for _ in range(cfg.trainer.ppo_epochs):
-        for mb in _minibatches(n, cfg.trainer.mini_batches, gen):
-            for micro in mb.split(cfg.trainer.micro_batch_size):
-                loss, m = _micro_loss(w, ctx, micro, bag)
-                # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
-                w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
-                weight = float(t["response_mask"][micro].sum())
-                chosen = ctx["update_rows"]
-                tokens += int(t["attention_mask"][micro if chosen is None else micro[chosen[micro]]].sum())
-                for k, v in m.items():
-                    bag.add(k, v, weight=weight)
-            bag.add("actor/grad_norm", w.actor.grad_norm())
-    ctx.pop("rollout_logits", None)  # its graph is spent; the context outlives the iteration
-    bag.add("actor/lr", w.actor.current_lr())
-    bag.add("perf/train_tokens", tokens, reduce="sum")
-
-
-def node_sync(w, ctx, bag):
-    w.rollout.sync_weights(w.actor.named_weights())
 
 
 NODES: dict[str, Callable] = {

@@ -34,7 +34,8 @@ def test_vllm_matches_transformers_after_update(rank_worker, warm_model, tmp_pat
 def test_rollout_logprobs_match_trainer(rank_worker):
     """vLLM's log-probs of its own samples agree with the trainer's recomputation."""
     from siirl_core.metrics import MetricBag
-    from siirl_core.pipeline import _record_mismatch, node_rollout
+    from siirl_core.pipeline import node_rollout
+    from siirl_core.update_nodes import _record_mismatch
     from siirl_core.training.logprobs import compute_logprobs
 
     bag = MetricBag()
