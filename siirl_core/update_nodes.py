@@ -80,19 +80,25 @@ def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[
     return list(perm.chunk(mini_batches))
 
 
-def _micro_loss(w, ctx, micro, bag):
-    """The policy loss of one micro-batch, from one forward pass (or the rollout's, fused).
-    With ctx["update_rows"] set, only those rows (at least one, so every rank back-propagates)
-    run the forward pass; the others' log-probs are a constant 0 with old = new, i.e. ratio 1
-    and, with their zero advantages, a loss of exactly 0, as they would have had."""
-    cfg, t = w.cfg, ctx["tensors"]
-    kept, chosen = ctx.get("rollout_logits"), ctx.get("update_rows")
+def _computed_rows(ctx, micro: torch.Tensor) -> torch.Tensor:
+    """[b] bool: the micro-batch's rows the update runs: all, or with ctx["update_rows"]
+    those rows, at least one (so every rank back-propagates)."""
+    chosen = ctx.get("update_rows")
     inside = torch.ones(len(micro), dtype=torch.bool) if chosen is None else chosen[micro].clone()
     if not bool(inside.any()):
         inside[0] = True
-    computed = micro[inside]
+    return inside
+
+
+def _micro_loss(w, ctx, micro, inside, bag):
+    """The policy loss of one micro-batch, from one forward pass over its `inside` rows (or
+    the rollout's, fused: then all rows). The other rows' log-probs are a constant 0 with
+    old = new, i.e. ratio 1 and, with their zero advantages, a loss of exactly 0, as they
+    would have had."""
+    cfg, t = w.cfg, ctx["tensors"]
+    kept, computed = ctx.get("rollout_logits"), micro[inside]
     if kept is not None:  # [B, S, V] with S >= R: every response ends within the sampled steps
-        logits = kept[micro.to(kept.device)][:, :t["response_len"]]
+        logits = kept[computed.to(kept.device)][:, :t["response_len"]]
     else:
         logits = response_logits(w.actor.engine, t["input_ids"][computed], t["attention_mask"][computed],
                                  t["response_len"], cfg.rollout.temperature)  # [b, R, V], on the actor's device
@@ -100,10 +106,10 @@ def _micro_loss(w, ctx, micro, bag):
     def rows(x, which=micro):  # rows of a batch tensor (kept on the CPU), where the logits are
         return None if x is None else x[which].to(logits.device)
 
-    lp = logprobs_from_logits(logits, rows(t["input_ids"], computed if kept is None else micro)[:, -t["response_len"]:])
+    lp = logprobs_from_logits(logits, rows(t["input_ids"], computed)[:, -t["response_len"]:])
     entropy = entropy_from_logits(logits)
     mask = rows(t["response_mask"])
-    if kept is None and chosen is not None:  # back to the micro-batch's rows
+    if len(computed) < len(micro):  # back to the micro-batch's rows
         at = torch.nonzero(inside).squeeze(1).to(logits.device)
         lp = torch.zeros(len(micro), lp.shape[1], dtype=lp.dtype, device=lp.device).index_copy(0, at, lp)
         entropy = torch.zeros_like(lp).index_copy(0, at, entropy)
@@ -153,12 +159,12 @@ def node_update(w, ctx, bag):
     for _ in range(cfg.trainer.ppo_epochs):
         for mb in _minibatches(n, cfg.trainer.mini_batches, gen):
             for micro in mb.split(cfg.trainer.micro_batch_size):
-                loss, m = _micro_loss(w, ctx, micro, bag)
+                inside = _computed_rows(ctx, micro)
+                loss, m = _micro_loss(w, ctx, micro, inside, bag)
                 # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
                 w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
                 weight = float(t["response_mask"][micro].sum())
-                chosen = ctx["update_rows"]
-                tokens += int(t["attention_mask"][micro if chosen is None else micro[chosen[micro]]].sum())
+                tokens += int(t["attention_mask"][micro[inside]].sum())
                 for k, v in m.items():
                     bag.add(k, v, weight=weight)
             bag.add("actor/grad_norm", w.actor.grad_norm())

@@ -93,8 +93,9 @@ class RankWorker:
         if self.device.type == "cpu":
             # Gradients of the policy loss reach denormal magnitudes (below 1.2e-38) in the backward
             # pass, where the CPU slows down many-fold (the `small` benchmark model's fused
-            # backward with non-zero advantages: 0.72 -> 0.40 s). Flushed to zero, they change
-            # no result by more than that. Set per process: a rank worker owns its process.
+            # backward with non-zero advantages: 0.81 s kept, 0.34 s flushed; bench/decode_paths.py).
+            # Flushed to zero, they change no result by more than that. Set per process: a rank
+            # worker owns its process.
             torch.set_flush_denormal(True)
 
     @property
