@@ -53,7 +53,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
             "(expected a folder with config.json and tokenizer files)")
     for key in ("rollout.n", "rollout.max_new_tokens", "trainer.steps", "trainer.prompts_per_step",
                 "trainer.ppo_epochs", "trainer.mini_batches", "trainer.micro_batch_size",
-                "sft.batch_size", "cluster.n_workers", "cluster.threads_per_worker"):
+                "sft.batch_size", "sft.check_every", "cluster.n_workers", "cluster.threads_per_worker"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     for key in ("trainer.lr", "sft.lr", "rollout.temperature"):
@@ -63,6 +63,9 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
                 "trainer.save_every", "trainer.eval_every", "trainer.warmup_steps", "sft.steps"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), zero_ok=True)
+    if not 0 <= cfg.sft.target_accuracy <= 1:
+        raise ConfigError(f"sft.target_accuracy={cfg.sft.target_accuracy!r} is not allowed; expected 0 <= target "
+                          "<= 1 (0: train all sft.steps)")
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} is not allowed; expected 0 < top_p <= 1")
     if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "dr_grpo"):

@@ -57,8 +57,14 @@ def supervised_warm_start(cfg: SiirlConfig, base_dir: str, out_dir: str) -> str:
         if step % 50 == 0 or step == cfg.sft.steps:
             logger.info("sft step %d/%d loss %.4f", step, cfg.sft.steps, loss)
 
+    def check(step: int, accuracy: float) -> None:
+        if accuracy >= cfg.sft.target_accuracy:
+            logger.info("sft step %d: greedy accuracy %.3f on held-back demonstrations reaches "
+                        "sft.target_accuracy=%s; stopping", step, accuracy, cfg.sft.target_accuracy)
+
     return train_sft(base_dir, out_dir, build_task(cfg.task), cfg.sft.steps, cfg.sft.batch_size,
-                     cfg.sft.lr, cfg.sft.seed, on_step=report)
+                     cfg.sft.lr, cfg.sft.seed, on_step=report, target_accuracy=cfg.sft.target_accuracy,
+                     check_every=cfg.sft.check_every, max_new_tokens=cfg.rollout.max_new_tokens, on_check=check)
 
 
 @task(cache_policy=NO_CACHE)

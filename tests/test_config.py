@@ -35,6 +35,8 @@ def test_group_and_value_overrides_apply():
     ("rollout.n=1", "rollout.n must be >= 2"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("trainer.resume=latest", "trainer.resume"),
+    ("sft.target_accuracy=1.5", "sft.target_accuracy=1.5 is not allowed; expected 0 <= target <= 1"),
+    ("sft.check_every=0", "sft.check_every"),
 ])
 def test_bad_overrides_name_the_key(override, expected):
     with pytest.raises(ConfigError) as err:

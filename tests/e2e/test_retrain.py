@@ -11,18 +11,21 @@ import pytest
 from siirl_core import champion
 from siirl_core import checkpoint as ckpt
 from tests.e2e.helpers import run_siirl
+from tests.e2e.learning_cases import CASES
 
 pytestmark = pytest.mark.slow
-MARGIN = 0.05  # night 1 must beat the warm start by this much (it measured +15.8 points)
+# Night 1 must beat the warm start by this much (the promotion gate's retrain.margin).
+MARGIN = CASES["retrain"].margin
 
 
 @pytest.fixture(scope="module")
 def two_nights(tmp_path_factory, cache_dir):
     root = str(tmp_path_factory.mktemp("retrain"))
-    common = ["retrain", f"storage.uri={root}", f"storage.cache_dir={cache_dir}", f"retrain.margin={MARGIN}"]
-    run_siirl(common + ["retrain.date=2026-11-25", "retrain.iterations=30"])
+    gate = f"retrain.margin={MARGIN}"
+    run_siirl(CASES["retrain"].command(root, cache_dir) + [gate])
     after_one = {"champion": champion.read_champion(root), "history": champion.read_history(root)}
-    run_siirl(common + ["retrain.date=2026-11-26", "retrain.iterations=10", "trainer.lr=0.05"])
+    run_siirl(["retrain", f"storage.uri={root}", f"storage.cache_dir={cache_dir}", gate, "retrain.date=2026-11-26",
+               "retrain.iterations=10", "trainer.lr=0.05"])
     return root, after_one
 
 

@@ -1,0 +1,68 @@
+"""The learning tests' runs and asserted margins, in one place.
+
+The e2e tests assert each case for one seed (`trainer.seed=0`); `bench/learning_spread.py`
+runs the same commands for several seeds and writes the spread to docs/learning.md, which
+is where every margin below comes from. A margin sits below the worst measured seed with
+room, because floating-point results (and so a seed's trajectory) differ between CPU types.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LearningCase:
+    name: str
+    # The siirl command and its Hydra overrides; the caller adds storage.* and trainer.seed.
+    args: tuple[str, ...]
+    iterations: int
+    # Asserted: gain (after - before) >= margin, or after >= margin when absolute.
+    margin: float
+    test: str
+    absolute: bool = False
+
+    def command(self, run_dir: str, cache_dir: str, seed: int | None = None) -> list[str]:
+        extra = [] if seed is None else [f"trainer.seed={seed}"]
+        return [*self.args, f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *extra]
+
+    def scores(self, run_dir: str) -> tuple[float, float]:
+        """Held-out score before and after training, from what the run wrote."""
+        if self.args[0] == "retrain":
+            from siirl_core.champion import read_history
+
+            night = read_history(run_dir)[0]
+            return night["champion"]["score"], night["candidate"]["score"]
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            s = json.load(f)
+        return s["val_accuracy_before"], s["val_accuracy_after"]
+
+    def outcome(self, run_dir: str) -> float:
+        before, after = self.scores(run_dir)
+        return after if self.absolute else after - before
+
+    def check(self, run_dir: str) -> None:
+        before, after = self.scores(run_dir)
+        got = self.outcome(run_dir)
+        what = "accuracy after" if self.absolute else "gain"
+        assert got >= self.margin, f"{self.name}: {before:.3f} -> {after:.3f}, {what} {got:+.3f} < {self.margin}"
+
+
+CASES = {c.name: c for c in [
+    LearningCase("default", ("train",), 100, 0.25, "tests/e2e/test_learning.py"),
+    LearningCase("hf", ("train", "rollout=hf", "trainer.steps=40", "trainer.eval_every=0",
+                        "trainer.micro_batch_size=256"), 40, 0.10, "tests/e2e/test_learning.py"),
+    LearningCase("ppo", ("train", "algorithm=ppo", "trainer.steps=30", "trainer.eval_every=30",
+                         "trainer.save_every=10"), 30, 0.10, "tests/e2e/test_algorithms_learn.py"),
+    LearningCase("dapo", ("train", "algorithm=dapo", "trainer.steps=30", "trainer.eval_every=30",
+                          "trainer.save_every=0"), 30, 0.10, "tests/e2e/test_algorithms_learn.py"),
+    LearningCase("two_ranks", ("train", "cluster.n_workers=2"), 100, 0.15, "tests/e2e/test_multirank.py"),
+    LearningCase("retrain", ("retrain", "retrain.date=2026-11-25", "retrain.iterations=30"), 30, 0.05,
+                 "tests/e2e/test_retrain.py"),
+    LearningCase("solver_verifier", ("train", "agents=solver_verifier"), 40, 0.15, "tests/e2e/test_multi_agent.py"),
+    LearningCase("rps_biased", ("train", "agents=rps_biased"), 20, 0.6, "tests/test_agents_train.py",
+                 absolute=True),
+    LearningCase("referential", ("train", "agents=referential"), 120, 0.8, "tests/e2e/test_multi_agent.py",
+                 absolute=True),
+]}
