@@ -52,7 +52,7 @@ class LearningCase:
 CASES = {c.name: c for c in [
     LearningCase("default", ("train",), 100, 0.25, "tests/e2e/test_learning.py"),
     LearningCase("hf", ("train", "rollout=hf", "trainer.steps=40", "trainer.eval_every=0",
-                        "trainer.micro_batch_size=256"), 40, 0.10, "tests/e2e/test_learning.py"),
+                        "trainer.micro_batch_size=256"), 40, 0.05, "tests/e2e/test_learning.py"),
     LearningCase("ppo", ("train", "algorithm=ppo", "trainer.steps=30", "trainer.eval_every=30",
                          "trainer.save_every=10"), 30, 0.10, "tests/e2e/test_algorithms_learn.py"),
     LearningCase("dapo", ("train", "algorithm=dapo", "trainer.steps=30", "trainer.eval_every=30",
