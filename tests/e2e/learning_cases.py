@@ -4,6 +4,8 @@ The e2e tests assert each case for one seed (`trainer.seed=0`); `bench/learning_
 runs the same commands for several seeds and writes the spread to docs/learning.md, which
 is where every margin below comes from. A margin sits below the worst measured seed with
 room, because floating-point results (and so a seed's trajectory) differ between CPU types.
+One exception: the default run asserts +25 points, the product's promise for it, which four
+of five seeds clear by 9 points or more and seed 4 does not (docs/learning.md says why).
 """
 from __future__ import annotations
 
@@ -54,15 +56,15 @@ CASES = {c.name: c for c in [
     LearningCase("hf", ("train", "rollout=hf", "trainer.steps=40", "trainer.eval_every=0",
                         "trainer.micro_batch_size=256"), 40, 0.05, "tests/e2e/test_learning.py"),
     LearningCase("ppo", ("train", "algorithm=ppo", "trainer.steps=30", "trainer.eval_every=30",
-                         "trainer.save_every=10"), 30, 0.10, "tests/e2e/test_algorithms_learn.py"),
+                         "trainer.save_every=10"), 30, 0.05, "tests/e2e/test_algorithms_learn.py"),
     LearningCase("dapo", ("train", "algorithm=dapo", "trainer.steps=30", "trainer.eval_every=30",
-                          "trainer.save_every=0"), 30, 0.10, "tests/e2e/test_algorithms_learn.py"),
-    LearningCase("two_ranks", ("train", "cluster.n_workers=2"), 100, 0.15, "tests/e2e/test_multirank.py"),
+                          "trainer.save_every=0"), 30, 0.05, "tests/e2e/test_algorithms_learn.py"),
+    LearningCase("two_ranks", ("train", "cluster.n_workers=2"), 100, 0.10, "tests/e2e/test_multirank.py"),
     LearningCase("retrain", ("retrain", "retrain.date=2026-11-25", "retrain.iterations=30"), 30, 0.05,
                  "tests/e2e/test_retrain.py"),
-    LearningCase("solver_verifier", ("train", "agents=solver_verifier"), 40, 0.15, "tests/e2e/test_multi_agent.py"),
+    LearningCase("solver_verifier", ("train", "agents=solver_verifier"), 40, 0.05, "tests/e2e/test_multi_agent.py"),
     LearningCase("rps_biased", ("train", "agents=rps_biased"), 20, 0.6, "tests/test_agents_train.py",
                  absolute=True),
-    LearningCase("referential", ("train", "agents=referential"), 120, 0.8, "tests/e2e/test_multi_agent.py",
+    LearningCase("referential", ("train", "agents=referential"), 120, 0.6, "tests/e2e/test_multi_agent.py",
                  absolute=True),
 ]}

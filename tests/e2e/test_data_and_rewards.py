@@ -25,7 +25,7 @@ def test_jsonl_and_parquet_train_with_a_user_reward(tmp_path, cache_dir):
     """))
     run_dir = str(tmp_path / "run")
     run_siirl(["train", "task=file", f"task.train_files=[{train[0]},{train[1]}]", f"storage.uri={run_dir}",
-               f"storage.cache_dir={cache_dir}", f"reward.function={reward}:always_one", "trainer.steps=2",
+               f"storage.cache_dir={cache_dir}", f"reward.function={reward}:always_one", "model=tiny", "trainer.steps=2",
                "trainer.prompts_per_step=8", "trainer.save_every=2", "trainer.eval_every=2", "sft.steps=100",
                "evaluate.during_training=true", "evaluate.n=4", "evaluate.pass_k=[1,4]"])
     m = metrics_by_step(run_dir)

@@ -84,7 +84,7 @@ def test_deployment_run_completes(tmp_path, cache_dir):
         run_dir = str(tmp_path / "run")
         overrides = [f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", "trainer.steps=4",
                      "trainer.save_every=2", "trainer.eval_every=0", "trainer.prompts_per_step=8",
-                     "task.eval_size=50", "sft.steps=50"]
+                     "task.eval_size=50", "sft.steps=50", "model=tiny"]
         result = run("deployment", "run", "siirl-train/default", "--param", f"overrides={json.dumps(overrides)}",
                      "--watch")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

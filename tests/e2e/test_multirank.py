@@ -49,7 +49,7 @@ def test_driver_stays_thin(two_rank_run):
 def test_two_ranks_zero3_shards_checkpoints_and_resumes(tmp_path, cache_dir):
     run_dir = str(tmp_path / "run")
     common = ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *TWO_RANKS,
-              "trainer.zero_stage=3", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=0",
+              "model=tiny", "trainer.zero_stage=3", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=0",
               "trainer.prompts_per_step=16", "task.eval_size=100"]
     crashed = run_siirl(common + ["trainer.fail_at_step=5", "trainer.retries=0"], check=False)
     assert crashed.returncode != 0

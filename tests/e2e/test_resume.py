@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 TOL = 1e-5
 COMPARED = ("reward/mean", "reward/accuracy", "response/length_mean", "actor/pg_loss", "actor/entropy",
             "actor/grad_norm", "actor/approx_kl")
-SHORT = ["trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=0", "trainer.prompts_per_step=16",
-         "task.eval_size=100"]
+# Not learning tests: the `tiny` model (0.43M parameters) keeps them short.
+SHORT = ["model=tiny", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=0",
+         "trainer.prompts_per_step=16", "task.eval_size=100"]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Night 1 starts from nothing but the warm start: the candidate trains 30 iterations
 and must be promoted. Night 2 is built to be worse (learning rate 0.05 wrecks the
-tiny model): it must be refused, kept for inspection, and the champion must stay."""
+model): it must be refused, kept for inspection, and the champion must stay."""
 import json
 import os
 
