@@ -124,9 +124,20 @@ def summary_row(name: str, rows: list[dict]) -> str:
     holds = sum(o >= case.margin for o in ok)
     what = "after" if case.absolute else "gain"
     walls = [r["wall_s"] for r in rows if r["rc"] == 0]
-    return (f"| {name} | {case.iterations} | {what} >= {case.margin} | {len(rows)} | {worst:+.3f} | "
-            f"{statistics.mean(ok) if ok else float('nan'):+.3f} | {holds}/{len(rows)}"
+    sign = "" if case.absolute else "+"
+    return (f"| {name} | {case.iterations} | {what} >= {case.margin} | {len(rows)} | {worst:{sign}.3f} | "
+            f"{statistics.mean(ok) if ok else float('nan'):{sign}.3f} | {holds}/{len(rows)}"
             f"{f' ({failed} failed)' if failed else ''} | {statistics.median(walls) if walls else 0:.0f} |")
+
+
+HAND_WRITTEN = "<!-- hand-written below: kept when the tables above are rewritten -->"
+
+
+def kept_notes(path: str) -> str:
+    if not os.path.exists(path):
+        return HAND_WRITTEN + "\n"
+    text = open(path).read()
+    return text[text.index(HAND_WRITTEN):] if HAND_WRITTEN in text else HAND_WRITTEN + "\n"
 
 
 def write_report(data: dict, path: str) -> None:
@@ -143,8 +154,9 @@ def write_report(data: dict, path: str) -> None:
         lines += case_table(n, by_case[n])
     lines.append("Measured on: " + "; ".join(sorted({f"{m['cpu']}, {m['cores']} cores, {m['date']}"
                                                      for m in data.get("measured", [])})))
+    notes = kept_notes(path)
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n\n" + notes)
 
 
 def make_warm_starts(seeds: list[int], work: str, cache_dir: str) -> None:
