@@ -33,10 +33,11 @@ Every learning test in the suite runs one seed (`trainer.seed=0`) and asserts a 
 (tests/e2e/learning_cases.py). Floating-point results differ between CPU types (vector
 widths, BLAS kernels), so the trajectory a seed follows on one machine is not the one it
 follows on another; the margins are set from the spread over seeds below, which stands in
-for that variation: each margin sits below the worst seed measured, with room.
+for that variation: each margin sits below the worst seed measured, with room (except
+the default run's, see below).
 
 `trainer.seed` changes the base model's initialisation, the warm start, the prompts and the
-samples. Rerun (about 50 minutes for all cases and five seeds on 2 cores):
+samples. Rerun (about an hour for all cases and five seeds on 2 cores):
 
     .venv/bin/python bench/learning_spread.py                       # every case, seeds 0-4
     .venv/bin/python bench/learning_spread.py --cases default --seeds 0,1,2
@@ -136,7 +137,8 @@ HAND_WRITTEN = "<!-- hand-written below: kept when the tables above are rewritte
 def kept_notes(path: str) -> str:
     if not os.path.exists(path):
         return HAND_WRITTEN + "\n"
-    text = open(path).read()
+    with open(path) as f:
+        text = f.read()
     return text[text.index(HAND_WRITTEN):] if HAND_WRITTEN in text else HAND_WRITTEN + "\n"
 
 
@@ -192,11 +194,10 @@ def main() -> None:
     print(f"run folders and logs under {work}", flush=True)
     make_warm_starts(seeds, work, cache_dir)
     meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "commit": commit()}
-    rows = []
     for name in names:
         for seed in seeds:
-            rows.append(dict(run_case(name, seed, work, cache_dir), commit=meta["commit"]))
-            write_report(merge(args.out + ".json", [rows[-1]], meta), args.out + ".md")
+            row = dict(run_case(name, seed, work, cache_dir), commit=meta["commit"])
+            write_report(merge(args.out + ".json", [row], meta), args.out + ".md")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ class CriticConfig:
 class SFTConfig:
     # At most this many steps; training stops earlier once greedy accuracy on held-back
     # demonstrations reaches target_accuracy (checked every check_every steps; 0: no target).
-    # The target leaves RL the same room on every seed and CPU (siirl_core/sft.py).
+    # The target gives RL a similar start whatever the seed or CPU (siirl_core/sft.py).
     steps: int = 1000
     target_accuracy: float = 0.3
     check_every: int = 25

@@ -38,7 +38,7 @@ def train_sft(model_path: str, out_dir: str, task, steps: int, batch_size: int, 
     where greedy accuracy on probe_size demonstrations reaches it; `steps` is then a cap.
     A tiny model learns addition in a sudden transition whose timing depends on the
     initialisation (and so on the seed and the CPU's rounding): a fixed step count left
-    seeds anywhere between 5% and 50%, a target leaves RL the same room on every one.
+    seeds anywhere between 5% and 50%; with a target they started RL at 32-39% (docs/learning.md).
     on_check(step, accuracy) is called after each check."""
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_path)
