@@ -39,7 +39,7 @@ def test_driver_stays_thin(two_rank_run):
     traffic = json.load(open(os.path.join(two_rank_run, "driver_traffic.json")))
     assert traffic["calls"]["run_until"]["count"] == 100
     for method, c in traffic["calls"].items():
-        # Step numbers and metric dicts only: a batch of 256 rollouts, or the 1.7 MB of
+        # Step numbers and metric dicts only: a batch of 256 rollouts, or the 4.2 MB of
         # weights, could not fit.
         assert c["max_arg_bytes"] < 2_000, method
         assert c["max_result_bytes"] < 4_000, method
