@@ -101,7 +101,10 @@ class RankGroup:
         return self
 
     def _alive(self) -> set[str]:
-        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+        # Asked of the scheduler each time: Client.scheduler_info() returns a cache that the
+        # client's periodic refresh can overwrite, between the fetch and the return, with one
+        # that lists no workers, and a live rank then looked dead ("died during setup").
+        return set(self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"])
 
     def _describe(self, rank: int) -> str:
         pid = self.info[rank]["pid"] if rank < len(self.info) else "?"
