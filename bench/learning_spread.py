@@ -83,7 +83,7 @@ def run_case(name: str, seed: int, work: str, cache_dir: str) -> dict:
         return {"case": name, "seed": seed, "rc": rc, "wall_s": round(wall, 1)}
     before, after = case.scores(run_dir)
     row = {"case": name, "seed": seed, "rc": 0, "before": before, "after": after,
-           "outcome": case.outcome(run_dir), "wall_s": round(wall, 1)}
+           "outcome": case.outcome(before, after), "wall_s": round(wall, 1)}
     print(f"  {name} seed {seed}: {before:.3f} -> {after:.3f} ({wall:.0f} s)", flush=True)
     return row
 

@@ -40,13 +40,13 @@ class LearningCase:
             s = json.load(f)
         return s["val_accuracy_before"], s["val_accuracy_after"]
 
-    def outcome(self, run_dir: str) -> float:
-        before, after = self.scores(run_dir)
+    def outcome(self, before: float, after: float) -> float:
+        """What the margin is compared with."""
         return after if self.absolute else after - before
 
     def check(self, run_dir: str) -> None:
         before, after = self.scores(run_dir)
-        got = self.outcome(run_dir)
+        got = self.outcome(before, after)
         what = "accuracy after" if self.absolute else "gain"
         assert got >= self.margin, f"{self.name}: {before:.3f} -> {after:.3f}, {what} {got:+.3f} < {self.margin}"
 
