@@ -16,8 +16,8 @@ from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.metrics import MetricSinks
 from tasks.model import make_agent_base_model, make_base_model
-from tasks.training import (evaluation_task, export_policy, iteration_task, record_ranks, restore_checkpoint,
-                            save_checkpoint)
+from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
+                            restore_checkpoint, save_checkpoint)
 
 
 def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str | dict[str, str]:
@@ -98,6 +98,7 @@ def run_training(overrides: list[str]) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(to_dict(cfg), f, indent=1)
+    candidates = find_checkpoint(cfg)  # before any compute: a storage fault stops the run here
     policy = _policy_source(cfg, overrides)
     with dask_client(cfg.cluster.kind, cfg.cluster.n_workers, cfg.cluster.threads_per_worker,
                      cfg.cluster.address) as client:
@@ -107,7 +108,7 @@ def run_training(overrides: list[str]) -> dict:
         for i in group.info:
             logger.info("rank %d: pid %d on %s, %d of %d parameters held locally", i["rank"], i["pid"], i["host"],
                         i["local_parameters"], i["parameters"])
-        start = restore_checkpoint(group, cfg)
+        start = restore_checkpoint(group, cfg, candidates)
         sinks = MetricSinks(run_dir)
         sinks.truncate_after(start)
         before = _initial_eval(group, cfg, start)

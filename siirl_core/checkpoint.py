@@ -5,7 +5,8 @@ and sha256; rank 0 then writes `manifest.json` (step, world size, every file, th
 resolved config, the code version, the metrics). A folder without a valid manifest,
 or whose files do not match it, is incomplete: it is skipped with a log line and
 never loaded. So a run killed mid-save, or a storage outage, leaves the earlier
-checkpoints as they were.
+checkpoints as they were. A folder the storage cannot read (errors after retries) is
+neither: it stops the run with StorageError instead of being skipped.
 """
 from __future__ import annotations
 
@@ -74,20 +75,29 @@ def write_manifest(folder_uri: str, step: int, world_size: int, files: dict, con
 
 
 def read_manifest(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
+    """The folder's manifest, or None when it has none or it is not valid JSON (an incomplete
+    or damaged save: skipped with a log line). A manifest the storage fails to return (an
+    expired token, throttling, a timeout) raises StorageError: an unreadable checkpoint is
+    not an incomplete one, and skipping it would start a run over."""
     fs, root = filesystem(folder_uri, endpoint_url)
     path = posixpath.join(root, MANIFEST)
     try:
         return json.loads(retrying(f"read {folder_uri}/{MANIFEST}", lambda: fs.cat_file(path)))
     except FileNotFoundError:
         log.warning("skipping checkpoint %s: no manifest (incomplete save)", folder_uri)
-    except (ValueError, StorageError) as err:
-        log.warning("skipping checkpoint %s: unreadable manifest (%s)", folder_uri, err)
+    except ValueError as err:
+        log.warning("skipping checkpoint %s: damaged manifest (%s)", folder_uri, err)
+    except StorageError as err:
+        raise StorageError(f"checkpoint {folder_uri}: cannot tell whether it is complete: {err}. The run "
+                           f"stops rather than start without it; rerun when the storage answers "
+                           f"(trainer.resume=never starts over on purpose)") from err
     return None
 
 
 def verify(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
     """The manifest if the checkpoint is complete, else None (with a log line saying why).
-    Sizes are checked everywhere; sha256 here for local folders and on download for remote ones."""
+    Sizes are checked everywhere; sha256 here for local folders and on download for remote ones.
+    Storage errors raise StorageError (see read_manifest)."""
     manifest = read_manifest(folder_uri, endpoint_url)
     if manifest is None:
         return None
@@ -96,7 +106,7 @@ def verify(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
     for rel, meta in manifest["files"].items():
         path = posixpath.join(root, rel)
         try:
-            size = fs.info(path)["size"]
+            size = retrying(f"stat {folder_uri}/{rel}", lambda: fs.info(path))["size"]
         except FileNotFoundError:
             log.warning("skipping checkpoint %s: missing file %s", folder_uri, rel)
             return None

@@ -20,18 +20,22 @@ def record_ranks(group, run_dir: str) -> None:
         json.dump(group.info, f, indent=1)
 
 
-def restore_newest(group, cfg: SiirlConfig, resume: str = "auto", upto: int | None = None) -> int:
-    """Restore every rank from the newest complete checkpoint (at most step `upto`); returns
-    its step (0 if none). A checkpoint whose files fail their checksum on download is
-    skipped for an older one."""
-    logger = get_run_logger()
+def resume_candidates(cfg: SiirlConfig, resume: str = "auto", upto: int | None = None) -> list[tuple[int, str]]:
+    """(step, folder) of the checkpoints a run may start from, best first: for 'auto' every
+    complete one (at most step `upto`), newest first. Reads storage only, so a storage fault
+    or a bad trainer.resume stops the run here, before any engine starts."""
     root, endpoint = cfg.checkpoint_root, cfg.storage.endpoint_url
     if resume == "auto":  # newest first; one listing (verifying is I/O)
         found = reversed(ckpt.complete_checkpoints(root, endpoint))
-        candidates = [(s, f) for s, f in found if upto is None or s <= upto]
-    else:
-        point = ckpt.find_resume_point(root, resume, endpoint)
-        candidates = [point] if point is not None else []
+        return [(s, f) for s, f in found if upto is None or s <= upto]
+    point = ckpt.find_resume_point(root, resume, endpoint)
+    return [point] if point is not None else []
+
+
+def restore_newest(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -> int:
+    """Restore every rank from the first of `candidates` that loads; returns its step (0 if
+    there are none). A checkpoint whose files fail their checksum on download is skipped for
+    the next one."""
     if not candidates:
         return 0
     for step, folder in candidates:
@@ -41,8 +45,9 @@ def restore_newest(group, cfg: SiirlConfig, resume: str = "auto", upto: int | No
         except RankFailure as err:
             if "checksum" not in str(err):
                 raise
-            logger.warning("skipping checkpoint %s: %s", folder, err)
-    raise FileNotFoundError(f"no loadable checkpoint in {root} (all failed their checksums; see the log)")
+            get_run_logger().warning("skipping checkpoint %s: %s", folder, err)
+    raise FileNotFoundError(f"no loadable checkpoint in {cfg.checkpoint_root} (all failed their checksums; "
+                            f"see the log)")
 
 
 def recover(group, cfg: SiirlConfig, step: int, what: str) -> None:
@@ -55,9 +60,9 @@ def recover(group, cfg: SiirlConfig, step: int, what: str) -> None:
     record_ranks(group, cfg.run_dir)
     logger.warning("retry %d of %s: rebuilt the rank group (%s)", task_run.run_count - 1, what,
                    ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
-    restored = restore_newest(group, cfg, upto=step)
-    if restored == 0 and cfg.trainer.resume not in ("auto", "never"):
-        restored = restore_newest(group, cfg, cfg.trainer.resume)  # where this run started from
+    restored = restore_newest(group, cfg, resume_candidates(cfg, upto=step))
+    if restored == 0 and cfg.trainer.resume not in ("auto", "never"):  # where this run started from
+        restored = restore_newest(group, cfg, resume_candidates(cfg, cfg.trainer.resume))
     logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
                    restored, restored + 1, step)
 
@@ -85,9 +90,14 @@ def save_checkpoint(group, cfg: SiirlConfig, step: int, metrics: dict) -> str:
     return folder
 
 
+@task(cache_policy=NO_CACHE, task_run_name="find-checkpoint")
+def find_checkpoint(cfg: SiirlConfig) -> list[tuple[int, str]]:
+    return resume_candidates(cfg, cfg.trainer.resume)
+
+
 @task(cache_policy=NO_CACHE, task_run_name="restore")
-def restore_checkpoint(group, cfg: SiirlConfig) -> int:
-    step = restore_newest(group, cfg, cfg.trainer.resume)
+def restore_checkpoint(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -> int:
+    step = restore_newest(group, cfg, candidates)
     if step:
         get_run_logger().info("resumed from checkpoint step %d in %s", step, cfg.checkpoint_root)
     return step

@@ -68,7 +68,8 @@ def siirl_cli() -> list[str]:
 def s3_server():
     """moto's S3 server (its own process) on loopback, for real HTTP through s3fs.
     `endpoint` talks to it directly; `proxy_endpoint` goes through a TCP relay the
-    tests can cut to make the storage go away and come back with its data.
+    tests can cut to make the storage go away and come back with its data; `faults`
+    (faults.endpoint) is an HTTP proxy that answers chosen requests with an error.
     Credentials are dummies set in the environment, as the AWS chain expects."""
     import subprocess
     import time
@@ -76,6 +77,7 @@ def s3_server():
 
     import boto3
 
+    from tests.http_fault_proxy import HttpFaultProxy
     from tests.tcp_relay import TcpRelay
 
     os.environ.update(AWS_ACCESS_KEY_ID="siirl-test-key", AWS_SECRET_ACCESS_KEY="siirl-test-SECRET-42",
@@ -94,7 +96,10 @@ def s3_server():
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="siirl")
     relay = TcpRelay(("127.0.0.1", port))
     relay.start()
-    yield {"endpoint": endpoint, "proxy_endpoint": f"http://127.0.0.1:{relay.port}", "relay": relay}
+    faults = HttpFaultProxy(("127.0.0.1", port))
+    yield {"endpoint": endpoint, "proxy_endpoint": f"http://127.0.0.1:{relay.port}", "relay": relay,
+           "faults": faults}
+    faults.close()
     relay.stop()
     proc.terminate()
     proc.wait(timeout=10)

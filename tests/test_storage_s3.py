@@ -1,5 +1,6 @@
 """Checkpoint storage on S3 for real (s3fs over HTTP to moto's server on loopback):
-manifests, skipping incomplete checkpoints, and an outage in the middle of a save."""
+manifests, skipping incomplete checkpoints, an outage in the middle of a save, and
+storage errors at resume."""
 import os
 
 import pytest
@@ -65,3 +66,27 @@ def test_outage_mid_save_keeps_earlier_checkpoints(tmp_path, s3_server):
     ckpt.download(ckpt.step_dir(root, 2), ckpt.verify(ckpt.step_dir(root, 2), ep), str(tmp_path / "dl"),
                   endpoint_url=ep)
     assert (tmp_path / "dl" / "state.json").read_bytes() == b'{"step": 2}'
+
+
+def test_storage_errors_at_resume_stop_instead_of_starting_over(tmp_path, s3_server):
+    """Manifests the storage refuses to return (HTTP 403 after the listing succeeded, as an
+    expired token looks) are not incomplete checkpoints: finding the resume point raises
+    instead of answering "nothing to resume", and works again once the storage answers."""
+    faults = s3_server["faults"]
+    root, ep = "s3://siirl/denied", faults.endpoint
+    _save(tmp_path, root, ep, 2)
+    _save(tmp_path, root, ep, 4)
+    faults.fail(r"/manifest\.json$", status=403)
+    try:
+        with pytest.raises(StorageError, match=r"checkpoint s3://siirl/denied/checkpoints/step_00000002: cannot "
+                                               r"tell whether it is complete: read .*manifest.json failed after 3 "
+                                               r"attempts.*rerun when the storage answers"):
+            ckpt.find_resume_point(root, "auto", ep)
+        assert faults.denied == 3
+        faults.fail(r"/step_00000004/engine/a\.bin$", status=503)  # a file's size, while verifying
+        with pytest.raises(StorageError, match=r"stat s3://siirl/denied/checkpoints/step_00000004/engine/a.bin "
+                                               r"failed after 3 attempts"):
+            ckpt.find_resume_point(root, "auto", ep)
+    finally:
+        faults.heal()
+    assert ckpt.find_resume_point(root, "auto", ep)[0] == 4
