@@ -215,6 +215,10 @@ class RewardConfig:
     # When the function raises or times out: score the sample error_score and go on, or stop.
     on_error: str = "score"
     error_score: float = 0.0
+    # Stop the run when more than this share of a batch's samples fail (raise, time out,
+    # return a non-number or a non-finite score) in max_error_batches batches in a row.
+    max_error_rate: float = 0.5
+    max_error_batches: int = 3
 
 
 @dataclass

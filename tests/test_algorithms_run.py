@@ -184,3 +184,22 @@ def test_on_policy_update_reuses_its_forward_as_the_old_logprobs(algo_worker):
     in_update = logprobs_from_logits(logits, t["input_ids"][:, -t["response_len"]:]).detach()
     mask = t["response_mask"]
     torch.testing.assert_close(in_update * mask, separate * mask, rtol=0, atol=1e-5)
+
+
+def test_nan_rewards_stop_the_run_before_any_weight_turns_nan(algo_worker):
+    """A user reward returning NaN for every sample scores reward.error_score, and after
+    reward.max_error_batches iterations with more than max_error_rate failing, stops."""
+    from siirl_core.rewards import RewardError, RewardScorer
+
+    real, cfg = algo_worker.reward, algo_worker.cfg.reward
+    algo_worker.reward = RewardScorer(lambda *a: float("nan"), "nan_reward", {}, False, 5.0, "score", 0.0,
+                                      cfg.max_error_rate, cfg.max_error_batches)
+    start = algo_worker.step
+    try:
+        with pytest.raises(RewardError, match=r"nan_reward failed on 64 of 64 samples, more than "
+                                              r"reward.max_error_rate=0.5, in 3 batches in a row.*returned nan"):
+            _run_one(algo_worker, iterations=5, adv_estimator="grpo")  # one reward batch per iteration
+    finally:
+        algo_worker.reward = real
+    assert algo_worker.step == start + 2  # the third iteration stopped in its reward node
+    assert all(torch.isfinite(p).all() for p in algo_worker.actor.module.parameters())

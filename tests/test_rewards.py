@@ -88,3 +88,70 @@ def test_batched_reward_function():
     short = RewardScorer(lambda *a: [1.0], "short", {}, True, 5.0, "score", 0.0)
     out = short.score([_sample("1", "1"), _sample("2", "1", 1)])
     assert out.rewards == [0.0, 0.0] and out.failed_ids == ["sample-0"]
+
+
+@pytest.mark.parametrize("returned, said", [
+    (float("nan"), "returned nan"), (float("inf"), "returned inf"), ({"score": float("-inf")}, "returned -inf"),
+    (None, "returned None"), ("1.0", "returned '1.0'"), ({"acc": True}, "returned a dict without 'score'"),
+    ([1.0], "returned a list"),
+])
+def test_a_return_value_that_is_not_a_finite_number_is_an_error(returned, said, caplog):
+    scorer = RewardScorer(lambda *a: returned, "odd", {}, False, 5.0, "score", -1.0)
+    with caplog.at_level(logging.WARNING, logger="siirl.reward"):
+        out = scorer.score([_sample("1", "1", 0), _sample("2", "1", 1)])
+    assert out.rewards == [-1.0, -1.0] and out.accuracies == [0.0, 0.0]
+    assert out.errors == 2 and out.failed_ids == ["sample-0", "sample-1"]
+    assert f"odd failed on sample sample-0: bad return value: {said}" in caplog.text
+    stop = RewardScorer(lambda *a: returned, "odd", {}, False, 5.0, "stop", 0.0)
+    with pytest.raises(RewardError, match=f"odd failed on sample sample-0: bad return value: {said}"):
+        stop.score([_sample("1", "1", 0)])
+
+
+def test_numbers_of_other_types_are_scores():
+    import numpy as np
+    import torch
+
+    for value in (np.float32(0.5), torch.tensor(0.5), True, 1):
+        out = RewardScorer(lambda *a, v=value: v, "typed", {}, False, 5.0, "score", 0.0).score([_sample("1", "1")])
+        assert out.rewards == [float(value)] and out.errors == 0
+
+
+def test_a_function_failing_on_most_samples_stops_the_run_after_some_batches():
+    """More than max_error_rate of a batch fails in max_error_batches batches in a row."""
+    state = {"fail": 3}
+
+    def flaky(source, text, truth, info):  # fails on the first `fail` samples of each batch of 4
+        if int(info["id"].split("-")[1]) < state["fail"]:
+            raise ValueError("cannot parse")
+        return 1.0
+
+    scorer = RewardScorer(flaky, "flaky", {}, False, 5.0, "score", 0.0, max_error_rate=0.5, max_error_batches=3)
+    batch = [_sample("x", "1", i) for i in range(4)]
+    for _ in range(2):
+        assert scorer.score(batch).errors == 3  # 3 of 4 > 0.5: counted, not yet stopped
+    state["fail"] = 2  # 2 of 4 is not above the rate: the run goes on and the count restarts
+    assert scorer.score(batch).errors == 2
+    state["fail"] = 3
+    for _ in range(2):
+        scorer.score(batch)
+    with pytest.raises(RewardError, match=r"flaky failed on 3 of 4 samples, more than reward.max_error_rate=0.5, "
+                                          r"in 3 batches in a row.*Last failure: reward function flaky failed on "
+                                          r"sample sample-2: ValueError: cannot parse"):
+        scorer.score(batch)
+
+
+def test_batched_function_returning_a_non_list_fails_every_sample():
+    scorer = RewardScorer(lambda *a: 1.0, "scalar", {}, True, 5.0, "score", -1.0)
+    out = scorer.score([_sample("1", "1"), _sample("2", "1", 1)])
+    assert out.rewards == [-1.0, -1.0] and out.errors == 2
+    nan_one = RewardScorer(lambda *a: [1.0, float("nan")], "nan_one", {}, True, 5.0, "score", -1.0)
+    out = nan_one.score([_sample("1", "1"), _sample("2", "1", 1)])
+    assert out.rewards == [1.0, -1.0] and out.errors == 1 and out.failed_ids == ["sample-1"]
+
+
+def test_error_rate_settings_are_checked_at_config_time():
+    assert compose_config([]).reward.max_error_rate == 0.5
+    with pytest.raises(ConfigError, match=r"reward.max_error_rate=1.5: expected a share of samples in \[0, 1\]"):
+        compose_config(["reward.max_error_rate=1.5"])
+    with pytest.raises(ConfigError, match=r"reward.max_error_batches=0 is not allowed; expected a number > 0"):
+        compose_config(["reward.max_error_batches=0"])

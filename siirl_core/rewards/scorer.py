@@ -1,10 +1,13 @@
 """Calling reward functions safely: each call (or each batch, for batched functions)
-runs with a timeout in a helper thread; an exception or a timeout gives the sample
-`reward.error_score`, is counted, and is logged once with the sample's id, unless
-`reward.on_error=stop`, which stops the run with that message."""
+runs with a timeout in a helper thread; an exception, a timeout or a return value that is
+not a finite number gives the sample `reward.error_score`, is counted, and is logged once
+with the sample's id, unless `reward.on_error=stop`, which stops the run with that message.
+A function that fails on more than `reward.max_error_rate` of a batch's samples for
+`reward.max_error_batches` batches in a row stops the run: it would train on error_score."""
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -13,6 +16,7 @@ log = logging.getLogger("siirl.reward")
 # Python cannot kill a thread: a call that never returns leaves its thread behind.
 # Past this many, the run stops rather than pile up threads.
 MAX_ABANDONED_THREADS = 16
+_FAILED = object()  # a call that raised or timed out (None is a return value to reject)
 
 
 class RewardError(RuntimeError):
@@ -29,43 +33,68 @@ class Scored:
 
 
 def _unpack(result) -> tuple[float, float]:
-    """(score, accuracy) from a float or a {"score", "acc"} dict."""
-    if isinstance(result, dict):
-        score = float(result["score"])
-        return score, float(result.get("acc", score >= 1.0))
-    score = float(result)
-    return score, float(score >= 1.0)
+    """(score, accuracy) from a number or a {"score", "acc"} dict; ValueError saying what
+    was returned otherwise, or when the score is not finite."""
+    expected = "expected a finite number or a dict {'score': number, 'acc': bool}"
+    if isinstance(result, dict) and "score" not in result:
+        raise ValueError(f"returned a dict without 'score' (keys {sorted(result)}): {expected}")
+    raw = result["score"] if isinstance(result, dict) else result
+    if isinstance(raw, (str, bytes)) or raw is None:
+        raise ValueError(f"returned {raw!r}: {expected}")
+    try:
+        score = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"returned a {type(raw).__name__}: {expected}") from None
+    if not math.isfinite(score):
+        raise ValueError(f"returned {score}: {expected}")
+    return score, float(result.get("acc", score >= 1.0)) if isinstance(result, dict) else float(score >= 1.0)
 
 
 class RewardScorer:
     def __init__(self, fn, name: str, kwargs: dict, batched: bool, timeout_s: float, on_error: str,
-                 error_score: float):
+                 error_score: float, max_error_rate: float = 1.0, max_error_batches: int = 1):
         self.fn, self.name, self.kwargs, self.batched = fn, name, dict(kwargs), batched
         self.timeout_s, self.on_error, self.error_score = timeout_s, on_error, error_score
+        self.max_error_rate, self.max_error_batches = max_error_rate, max_error_batches
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siirl-reward")
         self._abandoned = 0
+        self._failing_batches = 0  # in a row, above max_error_rate
         self._logged: set[str] = set()
+        self._last_failure = ""
 
     def score(self, samples: list[dict]) -> Scored:
         """samples: dicts with data_source, solution_str, ground_truth, extra_info (holding `id`)."""
         out = Scored([], [])
-        if self.batched:
-            results = self._call(samples, lambda: self.fn(*[[s[k] for s in samples] for k in
-                                                            ("data_source", "solution_str", "ground_truth",
-                                                             "extra_info")], **self.kwargs), out)
-            if results is not None and len(results) != len(samples):
-                self._fail(samples, "ValueError", f"returned {len(results)} scores for {len(samples)} samples", out)
-                results = None
-            pairs = [_unpack(r) for r in results] if results is not None else [(self.error_score, 0.0)] * len(samples)
-        else:
-            pairs = []
-            for s in samples:
-                r = self._call([s], lambda s=s: self.fn(s["data_source"], s["solution_str"], s["ground_truth"],
-                                                        s["extra_info"], **self.kwargs), out)
-                pairs.append(_unpack(r) if r is not None else (self.error_score, 0.0))
+        pairs = self._score_batch(samples, out) if self.batched else [self._score_one(s, out) for s in samples]
         out.rewards = [p[0] for p in pairs]
         out.accuracies = [p[1] for p in pairs]
+        self._check_error_rate(len(samples), out)
         return out
+
+    def _score_one(self, s: dict, out: Scored) -> tuple[float, float]:
+        r = self._call([s], lambda: self.fn(s["data_source"], s["solution_str"], s["ground_truth"],
+                                            s["extra_info"], **self.kwargs), out)
+        return (self.error_score, 0.0) if r is _FAILED else self._unpacked(r, s, out)
+
+    def _score_batch(self, samples: list[dict], out: Scored) -> list[tuple[float, float]]:
+        results = self._call(samples, lambda: self.fn(*[[s[k] for s in samples] for k in (
+            "data_source", "solution_str", "ground_truth", "extra_info")], **self.kwargs), out)
+        if results is _FAILED:
+            return [(self.error_score, 0.0)] * len(samples)
+        if not isinstance(results, (list, tuple)) or len(results) != len(samples):
+            out.errors += len(samples)
+            got = f"{len(results)} scores" if isinstance(results, (list, tuple)) else type(results).__name__
+            self._fail(samples, "ValueError", f"returned {got} for {len(samples)} samples", out)
+            return [(self.error_score, 0.0)] * len(samples)
+        return [self._unpacked(r, s, out) for r, s in zip(results, samples)]
+
+    def _unpacked(self, result, sample: dict, out: Scored) -> tuple[float, float]:
+        try:
+            return _unpack(result)
+        except ValueError as err:
+            out.errors += 1
+            self._fail([sample], "bad return value", str(err), out)
+            return self.error_score, 0.0
 
     def _call(self, samples: list[dict], thunk, out: Scored):
         future = self._pool.submit(thunk)
@@ -78,7 +107,19 @@ class RewardScorer:
         except Exception as err:  # the user's code: any exception is a failed sample
             out.errors += len(samples)
             self._fail(samples, type(err).__name__, str(err), out)
-        return None
+        return _FAILED
+
+    def _check_error_rate(self, n: int, out: Scored) -> None:
+        failed = out.errors + out.timeouts
+        if n == 0 or failed / n <= self.max_error_rate:
+            self._failing_batches = 0
+            return
+        self._failing_batches += 1
+        if self._failing_batches >= self.max_error_batches:
+            raise RewardError(
+                f"reward function {self.name} failed on {failed} of {n} samples, more than "
+                f"reward.max_error_rate={self.max_error_rate}, in {self._failing_batches} batches in a row; the run "
+                f"stops rather than train on reward.error_score. Last failure: {self._last_failure}")
 
     def _abandon(self) -> None:
         self._pool.shutdown(wait=False)
@@ -92,6 +133,7 @@ class RewardScorer:
         sid = samples[0]["extra_info"].get("id", "?")
         out.failed_ids.append(sid)
         text = f"reward function {self.name} failed on sample {sid}: {kind}: {message}"
+        self._last_failure = text
         if self.on_error == "stop":
             raise RewardError(text + " (reward.on_error=stop)")
         if kind not in self._logged:
