@@ -15,6 +15,10 @@ def _one_of(key: str, value: Any, allowed) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; expected one of {allowed}")
 
 
+# Any one of these is how an HF tokenizer is saved (fast, slow BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def _positive(key: str, value, zero_ok: bool = False) -> None:
     if value < 0 or (value == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
@@ -51,16 +55,20 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(
             f"model.path={cfg.model.path!r} is not an HF model directory "
             "(expected a folder with config.json and tokenizer files)")
+    elif not any(os.path.isfile(os.path.join(cfg.model.path, name)) for name in TOKENIZER_FILES):
+        raise ConfigError(f"model.path={cfg.model.path!r} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)} "
+                          "beside config.json; save the tokenizer with the model)")
     for key in ("rollout.n", "rollout.max_new_tokens", "trainer.steps", "trainer.prompts_per_step",
                 "trainer.ppo_epochs", "trainer.mini_batches", "trainer.micro_batch_size",
-                "sft.batch_size", "sft.check_every", "cluster.n_workers", "cluster.threads_per_worker"):
+                "sft.batch_size", "sft.check_every", "cluster.n_workers", "cluster.threads_per_worker",
+                "task.eval_size", "rollout.kv_cache_gib"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     for key in ("trainer.lr", "sft.lr", "rollout.temperature"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     for key in ("algorithm.kl_coef", "algorithm.clip_ratio_low", "algorithm.clip_ratio_high",
-                "trainer.save_every", "trainer.eval_every", "trainer.warmup_steps", "sft.steps"):
+                "trainer.save_every", "trainer.eval_every", "trainer.warmup_steps", "sft.steps", "trainer.grad_clip"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), zero_ok=True)
     if not 0 <= cfg.sft.target_accuracy <= 1:
@@ -153,6 +161,9 @@ def _validate_reward(cfg: SiirlConfig) -> None:
     r = cfg.reward
     _one_of("reward.on_error", r.on_error, {"score", "stop"})
     _positive("reward.timeout_s", r.timeout_s)
+    _positive("reward.max_error_batches", r.max_error_batches)
+    if not 0 <= r.max_error_rate <= 1:
+        raise ConfigError(f"reward.max_error_rate={r.max_error_rate}: expected a share of samples in [0, 1]")
     if r.function != "auto":
         try:
             load_reward_function(r.function, r.batched, r.kwargs)

@@ -37,6 +37,9 @@ def test_group_and_value_overrides_apply():
     ("trainer.resume=latest", "trainer.resume"),
     ("sft.target_accuracy=1.5", "sft.target_accuracy=1.5 is not allowed; expected 0 <= target <= 1"),
     ("sft.check_every=0", "sft.check_every"),
+    ("task.eval_size=0", "task.eval_size=0 is not allowed; expected a number > 0"),
+    ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 is not allowed; expected a number >= 0"),
+    ("rollout.kv_cache_gib=0", "rollout.kv_cache_gib=0 is not allowed; expected a number > 0"),
 ])
 def test_bad_overrides_name_the_key(override, expected):
     with pytest.raises(ConfigError) as err:
@@ -52,3 +55,9 @@ def test_cli_reports_config_error_before_loading_anything():
     # Nothing started: no Prefect server, no Dask cluster, no model.
     assert "Dask dashboard" not in proc.stderr + proc.stdout
     assert "Starting temporary server" not in proc.stderr + proc.stdout
+
+
+def test_model_directory_without_a_tokenizer_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"has no tokenizer \(expected one of tokenizer.json, "):
+        compose_config(["model=local", f"model.path={tmp_path}"])
