@@ -247,8 +247,13 @@ def node_advantage(w, ctx, bag):
     estimator = ADVANTAGE_ESTIMATORS.get(algo.adv_estimator)
     wanted = inspect.signature(estimator).parameters
     kwargs = {k: v for k, v in available.items() if k in wanted and v is not None}
+    scores = ctx["scores"]
+    if algo.kl_in_reward and "token_rewards" not in wanted:
+        # An outcome estimator sees the reward being optimised: the score minus coef times
+        # the sequence's summed KL (verl sums the token-level rewards the same way).
+        scores = token_rewards.sum(-1)  # [B]
     ctx["token_rewards"] = token_rewards
-    ctx["advantages"] = estimator(ctx["scores"], t["group_index"], t["response_mask"], **kwargs)  # [B, R]
+    ctx["advantages"] = estimator(scores, t["group_index"], t["response_mask"], **kwargs)  # [B, R]
     if ctx.get("values") is not None:  # the critic's targets
         _, ctx["returns"] = gae_advantages_returns(token_rewards, ctx["values"], t["response_mask"], algo.gamma,
                                                    algo.lam)
