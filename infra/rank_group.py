@@ -19,7 +19,20 @@ log = logging.getLogger("siirl.rank_group")
 
 
 class RankFailure(RuntimeError):
-    """A rank raised or its worker process died; the message says which."""
+    """A rank raised or its worker process died; the message says which. `cause` is the
+    type of the exception the rank raised (None when a process died), so callers decide
+    by type, not by reading the message."""
+
+    def __init__(self, message: str, cause: type | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+    def __reduce__(self):  # Prefect keeps task failures; pickling must keep `cause`
+        return type(self), (str(self), self.cause)
+
+    def caused_by(self, kind) -> bool:
+        """True when the rank raised an exception of `kind` (a type or a tuple of types)."""
+        return self.cause is not None and issubclass(self.cause, kind)
 
 
 class _DeathReasons(logging.Handler):
@@ -162,7 +175,7 @@ class RankGroup:
         if dead:
             return RankFailure(f"{self._death(dead[0], method)}; then "
                                f"{self._describe(rank)} failed: {type(err).__name__}: {first}")
-        return RankFailure(f"{self._describe(rank)} failed in {method}: {type(err).__name__}: {first}")
+        return RankFailure(f"{self._describe(rank)} failed in {method}: {type(err).__name__}: {first}", type(err))
 
     def call_rank0(self, method: str, *args, **kwargs):
         return self.call(method, *args, **kwargs)[0]

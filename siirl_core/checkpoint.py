@@ -29,6 +29,10 @@ class ChecksumError(ValueError):
     """A checkpoint file does not match its manifest."""
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the earlier ones are intact."""
+
+
 def step_dir(root_uri: str, step: int) -> str:
     return join(root_uri, "checkpoints", f"step_{step:08d}")
 
@@ -114,6 +118,15 @@ def verify(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
             log.warning("skipping checkpoint %s: %s does not match its checksum", folder_uri, rel)
             return None
     return manifest
+
+
+def check_world_size(folder_uri: str, world_size: int, endpoint_url: str = "") -> None:
+    """A checkpoint loads only into as many ranks as wrote it (no resharding yet)."""
+    manifest = read_manifest(folder_uri, endpoint_url)
+    if manifest is not None and manifest["world_size"] != world_size:
+        raise ValueError(f"checkpoint {folder_uri} was written by {manifest['world_size']} ranks; this run has "
+                         f"cluster.n_workers={world_size} (resharding is not supported yet): set "
+                         f"cluster.n_workers={manifest['world_size']}, or trainer.resume=never to start over")
 
 
 def download(folder_uri: str, manifest: dict, local_dir: str, wanted=lambda rel: True,

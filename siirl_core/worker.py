@@ -38,10 +38,6 @@ def build_kl_controller(algo):
     return FixedKLController(algo.kl_reward_coef)
 
 
-class CheckpointSaveError(RuntimeError):
-    """A checkpoint could not be written; the earlier ones are intact."""
-
-
 def worker_class(cfg: dict):
     """The rank worker a config needs: multi-agent when it names an environment."""
     if cfg.get("agents", {}).get("env"):
@@ -230,7 +226,7 @@ class RankWorker:
             errors = [(r, e) for r, e in enumerate(results) if isinstance(e, str)]
             if errors:
                 rank, err = errors[0]
-                raise CheckpointSaveError(f"saving checkpoint step {self.step} to {folder} failed on rank {rank}: "
+                raise ckpt.CheckpointSaveError(f"saving checkpoint step {self.step} to {folder} failed on rank {rank}: "
                                           f"{err}; earlier checkpoints are untouched")
             if self.rank == 0:
                 merged = {k: v for part in results for k, v in part.items()}
@@ -278,15 +274,16 @@ class RankWorker:
                              f"this run has {self.world_size} (resharding is not supported yet)")
         staging = tempfile.mkdtemp(prefix=f"siirl-restore-{step}-r{self.rank}-")
         try:
+            failure = None
             try:
                 ckpt.download(folder, manifest, staging, self._wanted, st.endpoint_url)
-                error = ""
             except (OSError, ckpt.ChecksumError) as err:
-                error = str(err)
+                failure = (type(err), f"rank {self.rank}: {err}")
             # Agree before DeepSpeed's collective load: all ranks load or none does.
-            errors = [e for e in all_gather(error) if e]
-            if errors:
-                raise ckpt.ChecksumError(errors[0]) if "checksum" in errors[0] else FileNotFoundError(errors[0])
+            failures = [f for f in all_gather(failure) if f]
+            if failures:  # every rank raises the first failure, as its own type
+                kind, message = failures[0]
+                raise kind(message)
             self._load_models(staging)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
             with open(os.path.join(staging, "state.json")) as f:

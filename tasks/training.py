@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from infra.rank_group import RankFailure
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig
+from siirl_core.rewards.scorer import RewardError
 
 
 def record_ranks(group, run_dir: str) -> None:
@@ -27,9 +28,13 @@ def resume_candidates(cfg: SiirlConfig, resume: str = "auto", upto: int | None =
     root, endpoint = cfg.checkpoint_root, cfg.storage.endpoint_url
     if resume == "auto":  # newest first; one listing (verifying is I/O)
         found = reversed(ckpt.complete_checkpoints(root, endpoint))
-        return [(s, f) for s, f in found if upto is None or s <= upto]
-    point = ckpt.find_resume_point(root, resume, endpoint)
-    return [point] if point is not None else []
+        candidates = [(s, f) for s, f in found if upto is None or s <= upto]
+    else:
+        point = ckpt.find_resume_point(root, resume, endpoint)
+        candidates = [point] if point is not None else []
+    if candidates:
+        ckpt.check_world_size(candidates[0][1], cfg.cluster.n_workers, endpoint)
+    return candidates
 
 
 def restore_newest(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -> int:
@@ -43,7 +48,7 @@ def restore_newest(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -
             group.call("restore", folder, step)
             return step
         except RankFailure as err:
-            if "checksum" not in str(err):
+            if not err.caused_by(ckpt.ChecksumError):
                 raise
             get_run_logger().warning("skipping checkpoint %s: %s", folder, err)
     raise FileNotFoundError(f"no loadable checkpoint in {cfg.checkpoint_root} (all failed their checksums; "
@@ -81,7 +86,7 @@ def save_checkpoint(group, cfg: SiirlConfig, step: int, metrics: dict) -> str:
     try:
         folder = group.call_rank0("save", cfg.checkpoint_root, metrics)
     except RankFailure as err:
-        if cfg.storage.on_save_error == "stop" or "CheckpointSaveError" not in str(err):
+        if cfg.storage.on_save_error == "stop" or not err.caused_by(ckpt.CheckpointSaveError):
             raise
         get_run_logger().error("checkpoint step %d not saved, training continues "
                                "(storage.on_save_error=continue): %s", step, err)
@@ -120,9 +125,18 @@ def export_policy(group, out_dir: str) -> str:
     return group.call_rank0("export", out_dir)
 
 
+def worth_retrying(task, task_run, state) -> bool:
+    """Prefect's retry condition: a dead rank or a fault may pass, but a failure of the
+    user's reward function would only fail again after a costly rebuild and replay."""
+    err = state.data
+    return not (isinstance(err, RankFailure) and err.caused_by(RewardError))
+
+
 def iteration_task(cfg: SiirlConfig):
-    return run_iteration.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1)
+    return run_iteration.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1,
+                                      retry_condition_fn=worth_retrying)
 
 
 def evaluation_task(cfg: SiirlConfig):
-    return evaluate.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1)
+    return evaluate.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1,
+                                 retry_condition_fn=worth_retrying)

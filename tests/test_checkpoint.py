@@ -60,3 +60,11 @@ def test_retention_keeps_the_newest(tmp_path):
         _fake_checkpoint(tmp_path, step)
     ckpt.apply_retention(str(tmp_path), keep_last=2)
     assert [s for s, _ in ckpt.complete_checkpoints(str(tmp_path))] == [3, 4]
+
+
+def test_a_checkpoint_of_another_world_size_is_refused_naming_both(tmp_path):
+    folder = _fake_checkpoint(tmp_path, 2)
+    ckpt.check_world_size(folder, 1)
+    with pytest.raises(ValueError, match=r"was written by 1 ranks; this run has cluster.n_workers=2 .*set "
+                                         r"cluster.n_workers=1, or trainer.resume=never"):
+        ckpt.check_world_size(folder, 2)
