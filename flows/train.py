@@ -109,8 +109,7 @@ def run_training(overrides: list[str]) -> dict:
             logger.info("rank %d: pid %d on %s, %d of %d parameters held locally", i["rank"], i["pid"], i["host"],
                         i["local_parameters"], i["parameters"])
         start = restore_checkpoint(group, cfg, candidates)
-        sinks = MetricSinks(run_dir)
-        sinks.truncate_after(start)
+        sinks = MetricSinks(run_dir, resumed_from=start)
         before = _initial_eval(group, cfg, start)
         last = _train_loop(cfg, group, run_dir, start, sinks)
         after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)

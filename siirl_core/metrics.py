@@ -64,19 +64,21 @@ class MetricBag:
 
 
 class MetricSinks:
-    """Driver-side: one JSONL line and TensorBoard scalars per step."""
+    """Driver-side: one JSONL line and TensorBoard scalars per step. A run resumed from
+    checkpoint step `resumed_from` drops what the log holds after that step from both, so
+    the replayed steps are not there twice."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str, resumed_from: int = 0, tensorboard: bool = True) -> None:
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
+        self._truncate_after(resumed_from)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            # purge_step: TensorBoard discards the earlier files' events from that step on.
+            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=resumed_from + 1)
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop lines of steps after the restored checkpoint so the log
-        has no duplicates once those steps are replayed."""
+    def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.jsonl_path):
             return
         with open(self.jsonl_path) as f:

@@ -39,13 +39,20 @@ def test_two_rank_reduction_matches_all_samples():
         assert m["x/min"] == -1.0
 
 
-def test_sinks_write_jsonl_and_truncate_on_resume(tmp_path):
-    sinks = MetricSinks(str(tmp_path), tensorboard=True)
-    for step in (1, 2, 3):
-        sinks.write(step, {"reward/mean": step / 10})
-    sinks.truncate_after(2)
-    sinks.write(3, {"reward/mean": 0.33})
-    sinks.close()
-    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3]
-    assert read_metrics(str(tmp_path))[-1]["reward/mean"] == 0.33
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+def test_sinks_write_jsonl_and_tensorboard_without_replayed_steps_twice(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = MetricSinks(str(tmp_path))
+    for step, value in ((1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)):
+        first.write(step, {"reward/mean": value})
+    first.close()
+    resumed = MetricSinks(str(tmp_path), resumed_from=2)  # steps 3 and 4 are replayed
+    for step, value in ((3, 0.33), (4, 0.43)):
+        resumed.write(step, {"reward/mean": value})
+    resumed.close()
+    rows = read_metrics(str(tmp_path))
+    assert [(r["step"], r["reward/mean"]) for r in rows] == [(1, 0.1), (2, 0.2), (3, 0.33), (4, 0.43)]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = [(e.step, round(e.value, 6)) for e in events.Scalars("reward/mean")]
+    assert scalars == [(1, 0.1), (2, 0.2), (3, 0.33), (4, 0.43)]
