@@ -16,6 +16,8 @@ import logging
 import os
 import posixpath
 import re
+import shutil
+import tempfile
 from typing import Optional
 
 from siirl_core.storage import StorageError, filesystem, is_remote, join, retrying, write_whole
@@ -31,6 +33,38 @@ class ChecksumError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the earlier ones are intact."""
+
+
+_STAGING = re.compile(r"siirl-(?:save|restore)-\d+-r\d+-p(\d+)-")
+
+
+def staging_dir(kind: str, step: int, rank: int) -> str:
+    """A fresh local folder for a save or restore; its name holds this process's pid, so a
+    later process can tell when its owner was killed before cleaning up."""
+    return tempfile.mkdtemp(prefix=f"siirl-{kind}-{step}-r{rank}-p{os.getpid()}-")
+
+
+def remove_stale_staging(tmp_dir: str | None = None) -> list[str]:
+    """Delete the staging folders of processes that no longer run (killed mid-save or
+    mid-restore); returns what was deleted."""
+    tmp_dir = tmp_dir or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(tmp_dir):
+        m = _STAGING.match(name)
+        if m and not _process_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(tmp_dir, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def step_dir(root_uri: str, step: int) -> str:

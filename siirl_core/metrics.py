@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist

@@ -10,14 +10,13 @@ import os
 import random
 import shutil
 import socket
-import tempfile
 
 import numpy as np
 import torch
 
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig, from_dict, to_dict
-from siirl_core.data import build_task, shard
+from siirl_core.data import build_task
 from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_process_group, rank_device
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
@@ -57,6 +56,9 @@ class RankWorker:
         self.master = (master_addr, master_port)
         self.step = 0  # last completed step
         self.ready = False
+        stale = ckpt.remove_stale_staging()  # left by ranks killed mid-save or mid-restore
+        if stale:
+            log.info("removed %d staging folders of processes that no longer run: %s", len(stale), stale)
 
     # --- set-up -------------------------------------------------------------
     def setup(self) -> dict:
@@ -209,7 +211,7 @@ class RankWorker:
         only when every rank's upload succeeded."""
         st = self.cfg.storage
         folder = ckpt.step_dir(root_uri, self.step)
-        staging = tempfile.mkdtemp(prefix=f"siirl-save-{self.step}-r{self.rank}-")
+        staging = ckpt.staging_dir("save", self.step, self.rank)
         try:
             self._stage_models(staging)
             save_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
@@ -272,7 +274,7 @@ class RankWorker:
         if manifest["world_size"] != self.world_size:
             raise ValueError(f"checkpoint {folder} was written by {manifest['world_size']} ranks; "
                              f"this run has {self.world_size} (resharding is not supported yet)")
-        staging = tempfile.mkdtemp(prefix=f"siirl-restore-{step}-r{self.rank}-")
+        staging = ckpt.staging_dir("restore", step, self.rank)
         try:
             failure = None
             try:

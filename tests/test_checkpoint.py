@@ -68,3 +68,23 @@ def test_a_checkpoint_of_another_world_size_is_refused_naming_both(tmp_path):
     with pytest.raises(ValueError, match=r"was written by 1 ranks; this run has cluster.n_workers=2 .*set "
                                          r"cluster.n_workers=1, or trainer.resume=never"):
         ckpt.check_world_size(folder, 2)
+
+
+def test_staging_folders_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    for name in (f"siirl-save-4-r0-p{dead}-abc", f"siirl-restore-2-r1-p{dead}-def",
+                 f"siirl-save-4-r0-p{os.getpid()}-ghi", "siirl-save-unrelated"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "engine.pt").write_bytes(b"x")
+    removed = ckpt.remove_stale_staging(str(tmp_path))
+    assert sorted(removed) == [f"siirl-restore-2-r1-p{dead}-def", f"siirl-save-4-r0-p{dead}-abc"]
+    assert sorted(os.listdir(tmp_path)) == [f"siirl-save-4-r0-p{os.getpid()}-ghi", "siirl-save-unrelated"]
+    mine = ckpt.staging_dir("save", 6, 0)
+    try:
+        assert os.path.basename(mine).startswith(f"siirl-save-6-r0-p{os.getpid()}-")
+    finally:
+        os.rmdir(mine)
