@@ -121,7 +121,7 @@ def read_manifest(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
     path = posixpath.join(root, MANIFEST)
     try:
         return json.loads(retrying(f"read {folder_uri}/{MANIFEST}", lambda: fs.cat_file(path)))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         log.warning("skipping checkpoint %s: no manifest (incomplete save)", folder_uri)
     except ValueError as err:
         log.warning("skipping checkpoint %s: damaged manifest (%s)", folder_uri, err)

@@ -47,11 +47,12 @@ def filesystem(uri: str, endpoint_url: str = "") -> tuple[fsspec.AbstractFileSys
 
 
 def retrying(what: str, fn: Callable[[], T], attempts: int = 3, backoff_s: float = 0.5) -> T:
-    """fn() with retries on transient errors; a missing file is not transient."""
+    """fn() with retries on transient errors; a missing file (or a file where a folder of
+    the path should be) is not transient."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise
         except Exception as err:  # botocore and aiohttp errors are not all OSError
             if attempt == attempts:
