@@ -147,8 +147,6 @@ class TrainerConfig:
     resume: str = "auto"
     # Prefect retries of a failed iteration (each restores the newest checkpoint first).
     retries: int = 1
-    # Raise once after completing this step, as a crash would; for tests. 0: never.
-    fail_at_step: int = 0
     # Checkpoints kept (newest first); 0 keeps all.
     keep_checkpoints: int = 3
 

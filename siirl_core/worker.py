@@ -151,20 +151,8 @@ class RankWorker:
         while self.step < step:
             bag = run_iteration(self, self.step + 1, self.pipeline)
             self.step += 1
-            if self.step == self.cfg.trainer.fail_at_step and self._fail_once():
-                raise RuntimeError(f"trainer.fail_at_step={self.step}: stopping as configured")
             metrics = self._finish_metrics(bag)
         return metrics
-
-    def _fail_once(self) -> bool:
-        """trainer.fail_at_step raises on rank 0, once per run folder, so the retry (on
-        fresh worker processes) or a resumed run gets past it, as after a real crash."""
-        marker = os.path.join(self.cfg.run_dir, f"failed_at_step_{self.step}")
-        if self.rank != 0 or os.path.exists(marker):
-            return False
-        os.makedirs(self.cfg.run_dir, exist_ok=True)
-        open(marker, "w").close()
-        return True
 
     def _finish_metrics(self, bag: MetricBag) -> dict:
         m = bag.reduce()

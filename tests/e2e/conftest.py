@@ -1,1 +1,1 @@
-from tests.e2e.test_resume import uninterrupted  # noqa: F401 - a session fixture shared by e2e modules
+from tests.e2e.test_resume import uninterrupted, uninterrupted_dir  # noqa: F401 - session fixtures shared by e2e modules

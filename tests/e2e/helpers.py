@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import tempfile
+import time
 
 from siirl_core.metrics import read_metrics
 from tests.conftest import ROOT, siirl_cli
@@ -27,3 +30,37 @@ def metrics_by_step(run_dir: str) -> dict[int, dict]:
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), f"duplicate steps in the metrics log: {steps}"
     return {r["step"]: r for r in rows}
+
+
+def run_siirl_killing_a_rank(args: list[str], run_dir: str, after_step: int, rank: int = 0,
+                             timeout: int = 900) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `siirl` as a user would and, once `after_step` steps are in the run folder's
+    metrics log, SIGKILL one rank's worker process (ranks.json names it), as a crash or
+    the kernel's OOM killer would. Returns the finished process (stdout and stderr
+    together in .stdout) and the killed pid."""
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nobody reads a pipe while we wait
+        proc = subprocess.Popen(siirl_cli() + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while not (os.path.exists(metrics_path) and _lines(metrics_path) >= after_step):
+                log.seek(0)
+                assert proc.poll() is None, f"the run ended before step {after_step}:\n{log.read()[-5000:]}"
+                assert time.time() < deadline, f"step {after_step} not reached in {timeout} s"
+                time.sleep(0.02)
+            with open(os.path.join(run_dir, "ranks.json")) as f:
+                victim = json.load(f)[rank]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log.seek(0)
+        out = log.read()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), victim
+
+
+def _lines(path: str) -> int:
+    with open(path) as f:
+        return sum(1 for line in f if line.strip())
