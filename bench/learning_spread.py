@@ -46,7 +46,8 @@ samples. Rerun (about an hour for all cases and five seeds on 2 cores):
 promotion gate's candidate minus champion score); "after" is the held-out success rate at
 the end, where the test asserts that instead (the multi-agent games start at chance).
 Wall time is one run of the case's command, warm start excluded (made once per seed first,
-as the test session shares it).
+as the test session shares it), except for data_files, whose warm start on the user's
+files is part of its run.
 """
 
 
@@ -105,7 +106,8 @@ def merge(path: str, rows: list[dict], meta: dict) -> dict:
 def case_table(name: str, rows: list[dict]) -> list[str]:
     case = CASES[name]
     what = "after" if case.absolute else "gain"
-    lines = [f"### {name}", "", f"`siirl {' '.join(case.args)}` ({case.iterations} iterations), asserted in "
+    inputs = f" with the overrides of `{case.inputs.__name__}`" if case.inputs else ""
+    lines = [f"### {name}", "", f"`siirl {' '.join(case.args)}`{inputs} ({case.iterations} iterations), asserted in "
              f"`{case.test}`: {what} >= {case.margin}", "",
              "| seed | before | after | gain | wall s | commit |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["seed"]):

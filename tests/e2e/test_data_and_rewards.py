@@ -1,44 +1,38 @@
 """verl-schema data files and a user reward function through the CLI: a jsonl file and
-a parquet file train for two iterations with per-source validation, and a malformed
-row stops the run before anything starts, naming the file, the row and the field."""
+a parquet file learn, with per-source validation, and a malformed row stops the run
+before anything starts, naming the file, the row and the field."""
 import json
 import os
-import textwrap
 
 import pytest
 
-from tests.data_files import arithmetic_rows, write_jsonl, write_parquet
-from tests.e2e.helpers import metrics_by_step, run_siirl, summary
+from tests.data_files import arithmetic_rows, write_jsonl
+from tests.e2e.helpers import metrics_by_step, run_siirl
+from tests.e2e.learning_cases import CASES
 
 pytestmark = pytest.mark.slow
 
 
-def test_jsonl_and_parquet_train_with_a_user_reward(tmp_path, cache_dir):
-    train = [write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(300, "arith_jsonl")),
-             write_parquet(tmp_path / "train.parquet", arithmetic_rows(300, "arith_parquet", chat=True, start=500))]
-    reward = tmp_path / "my_reward.py"
-    reward.write_text(textwrap.dedent("""
-        def always_one(data_source, solution_str, ground_truth, extra_info):
-            # Scores every sample 1 but calls none correct: visible in reward/mean vs reward/accuracy.
-            assert data_source in ("arith_jsonl", "arith_parquet") and "id" in extra_info
-            return {"score": 1.0, "acc": solution_str.strip() == ground_truth}
-    """))
-    run_dir = str(tmp_path / "run")
-    run_siirl(["train", "task=file", f"task.train_files=[{train[0]},{train[1]}]", f"storage.uri={run_dir}",
-               f"storage.cache_dir={cache_dir}", f"reward.function={reward}:always_one", "model=tiny", "trainer.steps=2",
-               "trainer.prompts_per_step=8", "trainer.save_every=2", "trainer.eval_every=2", "sft.steps=100",
-               "evaluate.during_training=true", "evaluate.n=4", "evaluate.pass_k=[1,4]"])
+def test_jsonl_and_parquet_learn_with_a_user_reward(tmp_path, cache_dir):
+    """A user's files and reward function (tests/e2e/learning_cases.py writes them): the
+    warm start trains on the files' ground truth, then GRPO raises held-out accuracy."""
+    run_dir, case = str(tmp_path / "run"), CASES["data_files"]
+    run_siirl(case.command(run_dir, cache_dir))
+    case.check(run_dir)
     m = metrics_by_step(run_dir)
-    assert sorted(m) == [1, 2]
-    assert m[2]["reward/mean"] == 1.0 and m[2]["reward/accuracy"] < 1.0
+    last = case.iterations
+    assert sorted(m) == list(range(1, last + 1))
+    for step in m.values():  # the user's reward (twice exact match), not the built-in one
+        assert step["reward/mean"] == pytest.approx(2 * step["reward/accuracy"])
+    assert m[last]["reward/accuracy"] > 0
     for source in ("arith_jsonl", "arith_parquet"):  # validation per data source
         for name in ("mean@4", "best@4", "maj@4", "pass@1", "pass@4"):
-            assert 0 <= m[2][f"val/{source}/{name}"] <= 1
-        assert m[2][f"val/{source}/best@4"] == pytest.approx(m[2][f"val/{source}/pass@4"])
-    assert summary(run_dir)["steps"] == 2
-    assert os.path.exists(os.path.join(run_dir, "checkpoints", "step_00000002", "manifest.json"))
+            assert 0 <= m[last][f"val/{source}/{name}"] <= 1
+        assert m[last][f"val/{source}/best@4"] == pytest.approx(m[last][f"val/{source}/pass@4"])
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", f"step_{last:08d}", "manifest.json"))
     with open(os.path.join(run_dir, "config.json")) as f:
-        assert json.load(f)["task"]["train_files"] == train
+        assert json.load(f)["task"]["train_files"] == [os.path.join(run_dir + ".inputs", name)
+                                                      for name in ("train.jsonl", "train.parquet")]
 
 
 def test_malformed_row_stops_before_anything_starts(tmp_path):
