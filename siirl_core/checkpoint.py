@@ -90,7 +90,7 @@ def local_files(folder: str) -> dict[str, dict]:
 
 
 def upload_folder(local_dir: str, folder_uri: str, endpoint_url: str = "", attempts: int = 3,
-                  on_uploaded=None) -> dict[str, dict]:
+                  on_uploaded=None, backoff_s: float = 0.5) -> dict[str, dict]:
     """Copy a local folder's files into folder_uri; returns their manifest entries.
     on_uploaded(rel) is called after each file (progress reporting)."""
     files = local_files(local_dir)
@@ -99,17 +99,19 @@ def upload_folder(local_dir: str, folder_uri: str, endpoint_url: str = "", attem
         target = posixpath.join(root, rel)
         if not is_remote(folder_uri):
             os.makedirs(os.path.dirname(target), exist_ok=True)
-        retrying(f"upload {rel} to {folder_uri}", lambda: fs.put_file(os.path.join(local_dir, rel), target), attempts)
+        retrying(f"upload {rel} to {folder_uri}", lambda: fs.put_file(os.path.join(local_dir, rel), target), attempts,
+                 backoff_s)
         if on_uploaded is not None:
             on_uploaded(rel)
     return files
 
 
 def write_manifest(folder_uri: str, step: int, world_size: int, files: dict, config: dict, metrics: dict,
-                   code_version: str, endpoint_url: str = "", attempts: int = 3) -> None:
+                   code_version: str, endpoint_url: str = "", attempts: int = 3, backoff_s: float = 0.5) -> None:
     manifest = {"step": step, "world_size": world_size, "files": files, "config": config,
                 "metrics": metrics, "code_version": code_version}
-    write_whole(folder_uri, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), endpoint_url, attempts)
+    write_whole(folder_uri, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), endpoint_url, attempts,
+                backoff_s)
 
 
 def read_manifest(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:

@@ -145,8 +145,10 @@ class TrainerConfig:
     eval_every: int = 25
     # auto: continue from the newest complete checkpoint; never: start fresh.
     resume: str = "auto"
-    # Prefect retries of a failed iteration (each restores the newest checkpoint first).
-    retries: int = 1
+    # Prefect retries of a failed iteration or evaluation (each rebuilds the ranks and
+    # restores the newest checkpoint first), waiting retry_delay_s, then twice that, ...
+    retries: int = 3
+    retry_delay_s: float = 5.0
     # Checkpoints kept (newest first); 0 keeps all.
     keep_checkpoints: int = 3
 
@@ -191,8 +193,10 @@ class StorageConfig:
     uri: str = ""
     # S3-compatible server (MinIO, moto, ...); credentials come from the AWS env/config chain.
     endpoint_url: str = ""
-    # Attempts per storage operation, with exponential backoff.
-    retries: int = 3
+    # Attempts per checkpoint upload and manifest write, waiting retry_backoff_s, then
+    # twice that, ... (at most a minute) between them: the defaults ride out ~30 s outages.
+    retries: int = 6
+    retry_backoff_s: float = 1.0
     # When a checkpoint save fails: stop the run, or log it and continue training.
     on_save_error: str = "stop"
     # Where warm-start models are cached, keyed by model and task.

@@ -46,9 +46,18 @@ def filesystem(uri: str, endpoint_url: str = "") -> tuple[fsspec.AbstractFileSys
     return fs, path
 
 
+MAX_BACKOFF_S = 60.0
+
+
+def backoff_schedule(attempts: int, backoff_s: float) -> list[float]:
+    """Seconds to wait after each failed attempt but the last: backoff_s doubling, capped."""
+    return [min(backoff_s * 2 ** i, MAX_BACKOFF_S) for i in range(attempts - 1)]
+
+
 def retrying(what: str, fn: Callable[[], T], attempts: int = 3, backoff_s: float = 0.5) -> T:
     """fn() with retries on transient errors; a missing file (or a file where a folder of
     the path should be) is not transient."""
+    waits = backoff_schedule(attempts, backoff_s)
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -58,12 +67,13 @@ def retrying(what: str, fn: Callable[[], T], attempts: int = 3, backoff_s: float
             if attempt == attempts:
                 raise StorageError(f"{what} failed after {attempts} attempts: {type(err).__name__}: {err}") from err
             log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(err).__name__, err, attempt,
-                        attempts - 1, backoff_s * 2 ** (attempt - 1))
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+                        attempts - 1, waits[attempt - 1])
+            time.sleep(waits[attempt - 1])
     raise AssertionError("unreachable")
 
 
-def write_whole(folder_uri: str, name: str, data: bytes, endpoint_url: str = "", attempts: int = 3) -> str:
+def write_whole(folder_uri: str, name: str, data: bytes, endpoint_url: str = "", attempts: int = 3,
+                backoff_s: float = 0.5) -> str:
     """Write a small file so that readers see all of it or none: a rename on a local
     disk, one PUT on S3 (an object appears whole or not at all). Returns its URI."""
     fs, folder = filesystem(folder_uri, endpoint_url)
@@ -76,5 +86,5 @@ def write_whole(folder_uri: str, name: str, data: bytes, endpoint_url: str = "",
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(folder, name))
         return os.path.join(folder_uri, name)
-    retrying(f"write {join(folder_uri, name)}", lambda: fs.pipe_file(join(folder, name), data), attempts)
+    retrying(f"write {join(folder_uri, name)}", lambda: fs.pipe_file(join(folder, name), data), attempts, backoff_s)
     return join(folder_uri, name)

@@ -209,7 +209,9 @@ class RankWorker:
                     json.dump({"step": self.step, "next_data_step": self.step + 1,
                                "kl_reward_coef": self.kl_ctrl.value}, f)
             try:
-                files, error = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries), ""
+                files = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries,
+                                           backoff_s=st.retry_backoff_s)
+                error = ""
             except OSError as err:
                 files, error = {}, str(err)
             results = all_gather(files if not error else error)
@@ -221,7 +223,7 @@ class RankWorker:
             if self.rank == 0:
                 merged = {k: v for part in results for k, v in part.items()}
                 ckpt.write_manifest(folder, self.step, self.world_size, merged, to_dict(self.cfg), metrics,
-                                    code_version(), st.endpoint_url, st.retries)
+                                    code_version(), st.endpoint_url, st.retries, st.retry_backoff_s)
             barrier()
         finally:
             shutil.rmtree(staging, ignore_errors=True)

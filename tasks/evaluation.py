@@ -104,6 +104,6 @@ def save_results(cfg: SiirlConfig, source: dict, results: dict) -> str:
               "max_new_tokens": cfg.rollout.max_new_tokens}
     uri = write_whole(join(source["uri"], "evaluations"), results_name(cfg),
                       json.dumps(record, indent=1, sort_keys=True).encode(), cfg.storage.endpoint_url,
-                      cfg.storage.retries)
+                      cfg.storage.retries, cfg.storage.retry_backoff_s)
     get_run_logger().info("evaluation results written to %s", uri)
     return uri

@@ -132,11 +132,16 @@ def worth_retrying(task, task_run, state) -> bool:
     return not (isinstance(err, RankFailure) and err.caused_by(RewardError))
 
 
+def retry_delays(cfg: SiirlConfig) -> list[float]:
+    """trainer.retry_delay_s, doubling with each retry: an outage gets time to pass."""
+    return [cfg.trainer.retry_delay_s * 2 ** i for i in range(cfg.trainer.retries)]
+
+
 def iteration_task(cfg: SiirlConfig):
-    return run_iteration.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1,
+    return run_iteration.with_options(retries=cfg.trainer.retries, retry_delay_seconds=retry_delays(cfg) or 0,
                                       retry_condition_fn=worth_retrying)
 
 
 def evaluation_task(cfg: SiirlConfig):
-    return evaluate.with_options(retries=cfg.trainer.retries, retry_delay_seconds=1,
+    return evaluate.with_options(retries=cfg.trainer.retries, retry_delay_seconds=retry_delays(cfg) or 0,
                                  retry_condition_fn=worth_retrying)

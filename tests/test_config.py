@@ -61,3 +61,19 @@ def test_model_directory_without_a_tokenizer_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"has no tokenizer \(expected one of tokenizer.json, "):
         compose_config(["model=local", f"model.path={tmp_path}"])
+
+
+def test_retry_budgets_back_off_exponentially():
+    from siirl_core.storage import backoff_schedule
+    from tasks.training import iteration_task, retry_delays
+
+    cfg = compose_config([])
+    assert (cfg.trainer.retries, cfg.storage.retries) == (3, 6)
+    assert retry_delays(cfg) == [5.0, 10.0, 20.0]
+    task = iteration_task(cfg)
+    assert task.retries == 3 and task.retry_delay_seconds == [5.0, 10.0, 20.0]
+    assert backoff_schedule(cfg.storage.retries, cfg.storage.retry_backoff_s) == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert backoff_schedule(10, 1.0)[-3:] == [60.0, 60.0, 60.0]  # capped at a minute
+    assert iteration_task(compose_config(["trainer.retries=0"])).retries == 0
+    with pytest.raises(ConfigError, match=r"trainer.retries=-1 is not allowed; expected a number >= 0"):
+        compose_config(["trainer.retries=-1"])

@@ -90,3 +90,26 @@ def test_storage_errors_at_resume_stop_instead_of_starting_over(tmp_path, s3_ser
     finally:
         faults.heal()
     assert ckpt.find_resume_point(root, "auto", ep)[0] == 4
+
+
+def test_retrying_waits_by_its_schedule(monkeypatch):
+    import time as time_module
+
+    from siirl_core.storage import retrying
+
+    waited, calls = [], []
+    monkeypatch.setattr(time_module, "sleep", waited.append)
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise ConnectionError("reset by peer")
+        return "ok"
+
+    assert retrying("read x", flaky, attempts=6, backoff_s=1.0) == "ok"
+    assert waited == [1.0, 2.0, 4.0] and len(calls) == 4
+    with pytest.raises(StorageError, match=r"read x failed after 2 attempts: ConnectionError: reset by peer"):
+        retrying("read x", lambda: (_ for _ in ()).throw(ConnectionError("reset by peer")), attempts=2)
+    with pytest.raises(FileNotFoundError):  # not a fault: no retries
+        retrying("read y", lambda: open("/nonexistent/siirl"), attempts=5)
+    assert waited == [1.0, 2.0, 4.0, 0.5]
