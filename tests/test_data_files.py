@@ -51,22 +51,22 @@ def test_long_prompts_are_dropped_and_counted(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("row,message", [
-    ({"data_source": "s", "reward_model": {"ground_truth": "1"}}, r"row 2: field 'prompt' is missing"),
-    ({"prompt": "1+1=", "reward_model": {}}, r"row 2: field 'reward_model.ground_truth' is missing"),
-    ({"prompt": [{"role": "user"}], "reward_model": {"ground_truth": "2"}}, r"row 2: field 'prompt' must be"),
+    ({"data_source": "s", "reward_model": {"ground_truth": "1"}}, r"line 3: field 'prompt' is missing"),
+    ({"prompt": "1+1=", "reward_model": {}}, r"line 3: field 'reward_model.ground_truth' is missing"),
+    ({"prompt": [{"role": "user"}], "reward_model": {"ground_truth": "2"}}, r"line 3: field 'prompt' must be"),
     ({"prompt": "1+1=", "reward_model": {"ground_truth": "2"}, "extra_info": [1]},
-     r"row 2: field 'extra_info' must be an object"),
+     r"line 3: field 'extra_info' must be an object"),
 ])
-def test_malformed_row_names_file_row_and_field(tmp_path, row, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", arithmetic_rows(2, "s") + [row])
+def test_malformed_row_names_file_line_and_field(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", arithmetic_rows(2, "s") + [row])  # the 3rd line
     with pytest.raises(ConfigError, match=rf"bad.jsonl: {message}"):
         compose_config(["task=file", f"task.train_files=[{path}]"])
 
 
 def test_unreadable_files_are_named(tmp_path):
     bad = tmp_path / "broken.jsonl"
-    bad.write_text('{"prompt": "1+1=", "reward_model": {"ground_truth": "2"}}\n{not json\n')
-    with pytest.raises(ConfigError, match=r"broken.jsonl: row 1: not valid JSON"):
+    bad.write_text('{"prompt": "1+1=", "reward_model": {"ground_truth": "2"}}\n\n{not json\n')
+    with pytest.raises(ConfigError, match=r"broken.jsonl: line 3: not valid JSON"):  # blank lines count
         compose_config(["task=file", f"task.train_files=[{bad}]"])
     with pytest.raises(ConfigError, match=r"missing.parquet: no such data file"):
         compose_config(["task=file", f"task.train_files=[{tmp_path}/missing.parquet]"])
@@ -83,3 +83,13 @@ def test_chat_prompts_use_the_tokenizers_chat_template(tmp_path):
     path = write_parquet(tmp_path / "chat.parquet", arithmetic_rows(3, "chat", chat=True))
     task = FileTask([path], val_files=[path], tokenizer=tok)
     assert [p.prompt for p in task.train] == ["|0+0=|", "|1+7=|", "|2+14=|"]
+
+
+def test_a_parquet_row_is_named_by_its_index(tmp_path):
+    from tests.data_files import write_parquet
+
+    rows = arithmetic_rows(3, "s")
+    rows[1]["reward_model"] = {"other": 1}
+    path = write_parquet(tmp_path / "bad.parquet", rows)
+    with pytest.raises(ConfigError, match=r"bad.parquet: row 1: field 'reward_model.ground_truth' is missing"):
+        compose_config(["task=file", f"task.train_files=[{path}]"])

@@ -9,7 +9,8 @@ Chat-message prompts go through the tokenizer's chat template when it has one (j
 by newlines otherwise). Prompts longer than task.max_prompt_length tokens are dropped
 with a count in the log. Training order is a fresh permutation per epoch, seeded and
 indexed by step, so a resumed run continues the same order. A malformed row stops
-everything with an error naming the file, the row and the field.
+everything with an error naming the file, the line (jsonl, from 1) or row (parquet,
+from 0) and the field.
 """
 from __future__ import annotations
 
@@ -25,71 +26,75 @@ log = logging.getLogger("siirl.data")
 
 
 class DataFileError(ValueError):
-    """A data file cannot be used; the message names the file, the row and the field."""
+    """A data file cannot be used; the message names the file, the line (jsonl) or row
+    (parquet) and the field."""
 
 
-def read_rows(path: str) -> list[dict]:
+def read_rows(path: str) -> list[tuple[str, dict]]:
+    """(where, row) for each row: `line N` (from 1, as editors count) in a jsonl file,
+    `row N` (from 0, as pyarrow and pandas index) in a parquet file."""
     if not os.path.isfile(path):
         raise DataFileError(f"{path}: no such data file")
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            return [(f"row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
         except Exception as err:  # pyarrow raises several types for a damaged file
             raise DataFileError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from None
     if not path.endswith((".jsonl", ".json")):
         raise DataFileError(f"{path}: expected a .jsonl or .parquet file")
     rows = []
     with open(path) as f:
-        for i, line in enumerate(f):
+        for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as err:
-                raise DataFileError(f"{path}: row {i}: not valid JSON ({err})") from None
+                raise DataFileError(f"{path}: line {n}: not valid JSON ({err})") from None
             if not isinstance(row, dict):
-                raise DataFileError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+                raise DataFileError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append((f"line {n}", row))
     return rows
 
 
-def _prompt_text(path: str, i: int, prompt, tokenizer) -> str:
+def _prompt_text(path: str, where: str, prompt, tokenizer) -> str:
     if isinstance(prompt, str):
         return prompt
     ok = isinstance(prompt, list) and prompt and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
     if not ok:
-        raise DataFileError(f"{path}: row {i}: field 'prompt' must be a string or a non-empty list of "
+        raise DataFileError(f"{path}: {where}: field 'prompt' must be a string or a non-empty list of "
                             f"{{'role': str, 'content': str}} messages; got {str(prompt)[:80]!r}")
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     return "\n".join(m["content"] for m in prompt)
 
 
-def parse_row(path: str, i: int, row: dict, tokenizer=None) -> Problem:
+def parse_row(path: str, i: int, where: str, row: dict, tokenizer=None) -> Problem:
+    """Row i of the file (`where` names it for people: `line 3`, `row 2`)."""
     if "prompt" not in row:
-        raise DataFileError(f"{path}: row {i}: field 'prompt' is missing (a string or chat messages)")
+        raise DataFileError(f"{path}: {where}: field 'prompt' is missing (a string or chat messages)")
     rm = row.get("reward_model")
     if not isinstance(rm, dict) or rm.get("ground_truth") is None:
-        raise DataFileError(f"{path}: row {i}: field 'reward_model.ground_truth' is missing "
+        raise DataFileError(f"{path}: {where}: field 'reward_model.ground_truth' is missing "
                             "(expected {'reward_model': {'ground_truth': ...}})")
     extra = row.get("extra_info") or {}
     if not isinstance(extra, dict):
-        raise DataFileError(f"{path}: row {i}: field 'extra_info' must be an object, got {type(extra).__name__}")
+        raise DataFileError(f"{path}: {where}: field 'extra_info' must be an object, got {type(extra).__name__}")
     source = row.get("data_source") or os.path.splitext(os.path.basename(path))[0]
     if not isinstance(source, str):
-        raise DataFileError(f"{path}: row {i}: field 'data_source' must be a string")
+        raise DataFileError(f"{path}: {where}: field 'data_source' must be a string")
     truth = rm["ground_truth"]
-    return Problem(_prompt_text(path, i, row["prompt"], tokenizer), str(truth), ground_truth=truth,
+    return Problem(_prompt_text(path, where, row["prompt"], tokenizer), str(truth), ground_truth=truth,
                    data_source=source, extra_info=dict(extra), uid=f"{os.path.basename(path)}:{i}")
 
 
 def load_problems(paths: list[str], tokenizer=None, max_prompt_length: int = 0) -> list[Problem]:
     out = []
     for path in paths:
-        problems = [parse_row(path, i, row, tokenizer) for i, row in enumerate(read_rows(path))]
+        problems = [parse_row(path, i, where, row, tokenizer) for i, (where, row) in enumerate(read_rows(path))]
         if max_prompt_length:
             length = (lambda p: len(tokenizer(p.prompt)["input_ids"])) if tokenizer is not None else \
                 (lambda p: len(p.prompt))

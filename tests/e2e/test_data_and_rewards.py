@@ -40,5 +40,5 @@ def test_malformed_row_stops_before_anything_starts(tmp_path):
     proc = run_siirl(["train", "task=file", f"task.train_files=[{bad}]", f"storage.uri={tmp_path / 'run'}"],
                      check=False, timeout=120)
     assert proc.returncode == 2
-    assert "bad.jsonl: row 3: field 'reward_model.ground_truth' is missing" in proc.stderr
+    assert "bad.jsonl: line 4: field 'reward_model.ground_truth' is missing" in proc.stderr
     assert not os.path.exists(tmp_path / "run")
