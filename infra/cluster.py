@@ -38,8 +38,28 @@ def _cuda_cluster(threads_per_worker: int):
         return LocalCUDACluster(threads_per_worker=threads_per_worker, dashboard_address="127.0.0.1:0")
 
 
+def _connect(address: str, n_workers: int, timeout_s: float) -> Client:
+    """A client of the scheduler at `address` with at least n_workers workers, or an error
+    naming the config key and what was (not) found there."""
+    try:
+        client = Client(address, timeout=timeout_s)
+    except (OSError, TimeoutError) as err:
+        raise ConnectionError(f"cluster.address={address!r}: no Dask scheduler answered within {timeout_s:.0f} s "
+                              f"({type(err).__name__}); start one (`dask scheduler`) and its workers "
+                              f"(`dask worker {address}`), or use cluster=local") from None
+    try:
+        client.wait_for_workers(n_workers, timeout=timeout_s)
+    except TimeoutError:
+        found = len(client.scheduler_info(n_workers=-1)["workers"])
+        client.close()
+        raise ConnectionError(f"cluster.address={address!r}: {found} Dask workers joined within {timeout_s:.0f} s; "
+                              f"cluster.n_workers={n_workers} asks for one per rank") from None
+    return client
+
+
 @contextmanager
-def dask_client(kind: str, n_workers: int = 1, threads_per_worker: int = 1, address: str = "") -> Iterator[Client]:
+def dask_client(kind: str, n_workers: int = 1, threads_per_worker: int = 1, address: str = "",
+                connect_timeout_s: float = 300.0) -> Iterator[Client]:
     cluster = None
     if kind == "local":
         cluster = _local_cluster(n_workers, threads_per_worker)
@@ -50,10 +70,8 @@ def dask_client(kind: str, n_workers: int = 1, threads_per_worker: int = 1, addr
             raise ValueError("cluster.kind=address needs cluster.address=tcp://host:port")
     else:
         raise ValueError(f"cluster.kind={kind!r}; expected local, local_cuda or address")
-    client = Client(cluster) if cluster is not None else Client(address)
+    client = Client(cluster) if cluster is not None else _connect(address, n_workers, connect_timeout_s)
     try:
-        if kind == "address":
-            client.wait_for_workers(n_workers, timeout=300)
         log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
     finally:

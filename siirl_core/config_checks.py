@@ -41,6 +41,8 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     _validate_algorithm(cfg)
     _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
     _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
+    if cfg.cluster.kind == "address" and not cfg.cluster.address:
+        raise ConfigError("cluster=address needs cluster.address=tcp://host:port (the Dask scheduler's address)")
     _one_of("storage.on_save_error", cfg.storage.on_save_error, {"stop", "continue"})
     if "://" in cfg.storage.uri and not cfg.storage.uri.startswith(("s3://", "file://", "memory://")):
         raise ConfigError(f"storage.uri={cfg.storage.uri!r}: expected a local path or s3://bucket/prefix")
