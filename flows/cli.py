@@ -21,12 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from siirl_core.compose import compose_config
     from siirl_core.config import ConfigError
-    from siirl_core.config_checks import single_policy_only
+    from siirl_core.config_checks import make_run_dir, single_policy_only
 
     try:
         cfg = compose_config(overrides)  # validate before Prefect, Dask or any model starts
         if command in ("retrain", "evaluate"):
             single_policy_only(cfg, command)
+        if command == "train":
+            make_run_dir(cfg)
     except ConfigError as err:
         print(f"siirl: configuration error: {err}", file=sys.stderr)
         return 2

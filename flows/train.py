@@ -14,6 +14,7 @@ from infra.cluster import dask_client
 from infra.rank_group import start_rank_group
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
+from siirl_core.config_checks import make_run_dir
 from siirl_core.metrics import MetricSinks
 from tasks.model import make_agent_base_model, make_base_model
 from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
@@ -94,8 +95,7 @@ def run_training(overrides: list[str]) -> dict:
     """The training run itself, inside whichever flow calls it."""
     cfg = compose_config(overrides)  # fails here, before any model is loaded
     logger = get_run_logger()
-    run_dir = cfg.run_dir
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = make_run_dir(cfg)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(to_dict(cfg), f, indent=1)
     candidates = find_checkpoint(cfg)  # before any compute: a storage fault stops the run here

@@ -174,6 +174,17 @@ def _validate_reward(cfg: SiirlConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
+def make_run_dir(cfg: SiirlConfig) -> str:
+    """Create the run folder (logs, metrics; checkpoints too with local storage); a folder
+    that cannot be made is a configuration error naming storage.uri."""
+    try:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"storage.uri={cfg.storage.uri!r}: cannot create the run folder {cfg.run_dir!r} "
+                          f"({err.strerror or err}); expected a folder this user can write") from None
+    return cfg.run_dir
+
+
 def single_policy_only(cfg: SiirlConfig, command: str) -> None:
     """Retraining and the evaluation flow work on one policy; say so before starting."""
     if cfg.agents.env:

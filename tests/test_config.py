@@ -77,3 +77,11 @@ def test_retry_budgets_back_off_exponentially():
     assert iteration_task(compose_config(["trainer.retries=0"])).retries == 0
     with pytest.raises(ConfigError, match=r"trainer.retries=-1 is not allowed; expected a number >= 0"):
         compose_config(["trainer.retries=-1"])
+
+
+def test_cli_names_a_run_folder_it_cannot_create():
+    proc = subprocess.run(siirl_cli() + ["train", "storage.uri=/proc/siirl-run"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "configuration error: storage.uri='/proc/siirl-run': cannot create the run folder" in proc.stderr
+    assert "Starting temporary server" not in proc.stderr + proc.stdout
