@@ -59,3 +59,10 @@ def all_gather(obj) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def pooled_mean(parts: list[tuple[float, float]]) -> float:
+    """The mean over every rank's items from (mean, count) per rank: each rank weighs by
+    its count, so ranks with more tokens count more (0 when there are none)."""
+    total = sum(count for _, count in parts)
+    return sum(mean * count for mean, count in parts) / total if total else 0.0

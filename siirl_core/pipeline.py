@@ -16,7 +16,7 @@ import torch
 
 from siirl_core.algorithms import ADVANTAGE_ESTIMATORS
 from siirl_core.algorithms.kl import kl_in_reward
-from siirl_core.distributed import all_gather
+from siirl_core.distributed import all_gather, pooled_mean
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
 from siirl_core.algorithms.advantages import gae_advantages_returns
@@ -238,7 +238,8 @@ def node_advantage(w, ctx, bag):
         policy = ctx["old_full_log_probs"] if algo.kl_estimator == "full" else ctx["old_log_probs"]
         token_rewards, kl = kl_in_reward(token_rewards, policy, ctx["ref_log_probs"],
                                          t["response_mask"], coef=w.kl_ctrl.value, estimator=algo.kl_estimator)
-        batch_kl = sum(all_gather(float(kl))) / w.world_size  # every rank steers the same coefficient
+        # The controller steers on the token mean over the global batch; every rank gets the same value.
+        batch_kl = pooled_mean(all_gather((float(kl), float(t["response_mask"].sum()))))
         bag.add("actor/reward_kl", float(kl), weight=float(t["response_mask"].sum()))
         bag.add("actor/reward_kl_coef", w.kl_ctrl.value)
         w.kl_ctrl.update(batch_kl, n_steps=len(ctx["scores"]) * w.world_size)

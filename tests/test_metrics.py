@@ -56,3 +56,11 @@ def test_sinks_write_jsonl_and_tensorboard_without_replayed_steps_twice(tmp_path
     events.Reload()
     scalars = [(e.step, round(e.value, 6)) for e in events.Scalars("reward/mean")]
     assert scalars == [(1, 0.1), (2, 0.2), (3, 0.33), (4, 0.43)]
+
+
+def test_pooled_mean_weighs_ranks_by_their_counts():
+    from siirl_core.distributed import pooled_mean
+
+    # rank 0: 10 tokens with mean KL 0.5; rank 1: 30 tokens with mean 1.0 -> 35 / 40
+    assert pooled_mean([(0.5, 10.0), (1.0, 30.0)]) == pytest.approx(0.875)
+    assert pooled_mean([(0.5, 0.0), (0.0, 0.0)]) == 0.0
