@@ -22,7 +22,7 @@ from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import resolve_pipeline, run_iteration
 from siirl_core.evaluation import evaluate_sampled, greedy_correct
-from siirl_core.rollout.base import SamplingConfig
+from siirl_core.rollout.base import RolloutEngine, SamplingConfig
 from siirl_core.algorithms.kl import AdaptiveKLController, FixedKLController
 from siirl_core.rewards import build_reward_scorer
 from siirl_core.rng import load_rng_state, save_rng_state
@@ -55,7 +55,6 @@ class RankWorker:
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.master = (master_addr, master_port)
         self.step = 0  # last completed step
-        self.ready = False
         stale = ckpt.remove_stale_staging()  # left by ranks killed mid-save or mid-restore
         if stale:
             log.info("removed %d staging folders of processes that no longer run: %s", len(stale), stale)
@@ -77,7 +76,6 @@ class RankWorker:
         self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
         self.kl_ctrl = build_kl_controller(cfg.algorithm)
         self.pipeline = resolve_pipeline(cfg)
-        self.ready = True
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
                 "device": str(self.device), "bf16": bool(self.actor.engine.bfloat16_enabled()),
                 "zero_stage": self.actor.zero_stage,
@@ -128,7 +126,7 @@ class RankWorker:
                       grad_accum=math.ceil(per_rank // t.mini_batches / t.micro_batch_size),
                       world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
 
-    def _build_rollout(self):
+    def _build_rollout(self) -> RolloutEngine:
         r = self.cfg.rollout
         if r.backend == "vllm":
             from siirl_core.rollout.vllm_engine import VLLMRollout

@@ -7,7 +7,6 @@ mask is applied when the trainer recomputes log-probs, so both see one policy.
 from __future__ import annotations
 
 import random
-import string
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -40,10 +39,6 @@ def schedule(agents: list, graph: str, rounds: int) -> list[tuple[object, bool]]
     if graph == "parallel":  # the workers see only their observation; the aggregator sees them all
         return [(a, False) for a in agents[:-1]] + [(agents[-1], True)]
     raise ValueError(f"agents.graph={graph!r}; expected chain, rounds or parallel")
-
-
-def template_fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
 def render(template: str, observation: str, visible: list[tuple[str, str]]) -> str:

@@ -46,7 +46,6 @@ class MultiAgentWorker(RankWorker):
         self.kl_ctrl = build_kl_controller(cfg.algorithm)  # unused; keeps state.json's shape
         self.critic = None
         self.pipeline = [timed(name, fn) for name, fn in MA_PIPELINE]
-        self.ready = True
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
                 "parameters": sum(a.total_parameters() for a in self.actors.values()),
                 "local_parameters": sum(a.local_parameters() for a in self.actors.values()),

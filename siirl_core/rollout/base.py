@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Protocol
+from typing import Iterable, Optional, Protocol
 
 import torch
 
@@ -51,7 +51,3 @@ def strip_eos(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
         return ids[:cut + 1], True
     return ids, False
 
-
-def named_weights(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, tensor in module.state_dict().items():
-        yield name, tensor.detach()

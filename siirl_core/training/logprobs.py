@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
+from siirl_core.algorithms.entropy import logprobs_from_logits
 
 
 def module_device(module) -> torch.device:
@@ -32,12 +32,10 @@ def response_logits(module, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 
 def forward_response_logprobs(module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                              response_len: int, temperature: float = 1.0, with_entropy: bool = False):
-    """Log-probs of the response tokens [B, R] (and entropy [B, R] when asked)."""
+                              response_len: int, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of the response tokens [B, R]."""
     logits = response_logits(module, input_ids, attention_mask, response_len, temperature)
-    log_probs = logprobs_from_logits(logits, input_ids[:, -response_len:].to(logits.device))
-    entropy = entropy_from_logits(logits) if with_entropy else None
-    return log_probs, entropy
+    return logprobs_from_logits(logits, input_ids[:, -response_len:].to(logits.device))
 
 
 @torch.no_grad()
@@ -58,6 +56,6 @@ def compute_logprobs(module, input_ids: torch.Tensor, attention_mask: torch.Tens
     parts = []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
-        lp, _ = forward_response_logprobs(module, input_ids[sl], attention_mask[sl], response_len, temperature)
+        lp = forward_response_logprobs(module, input_ids[sl], attention_mask[sl], response_len, temperature)
         parts.append(lp)
     return torch.cat(parts, dim=0).cpu()
