@@ -13,7 +13,7 @@ import datetime
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.train import run_training
+from flows.training_run import run_training
 from siirl_core import checkpoint as ckpt
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig

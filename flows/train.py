@@ -2,83 +2,10 @@
 Dask cluster of rank workers. The flow only sequences; the work runs on the ranks."""
 from __future__ import annotations
 
-import json
-import os
+from prefect import flow
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-
-from flows.progress import console, describe, progress_bar, summary_table
-from flows.sft import sft_flow
-from infra.cluster import dask_client
-from infra.rank_group import start_rank_group
-from siirl_core.compose import compose_config
-from siirl_core.config import SiirlConfig, to_dict
-from siirl_core.config_checks import make_run_dir
-from siirl_core.metrics import MetricSinks
-from tasks.model import make_agent_base_model, make_base_model
-from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
-                            restore_checkpoint, save_checkpoint)
-
-
-def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str | dict[str, str]:
-    if cfg.agents.env:
-        return _agent_policy_sources(cfg, overrides)
-    if cfg.model.warm_start:
-        return sft_flow(overrides)
-    return make_base_model(cfg)
-
-
-def _agent_policy_sources(cfg: SiirlConfig, overrides: list[str]) -> dict[str, str]:
-    """Multi-agent: each trained policy's starting model directory."""
-    from siirl_core.agents.worker import trainable_policies
-
-    out = {}
-    for index, pid in enumerate(trainable_policies(cfg.agents)):
-        init = cfg.agents.policy(pid).init
-        out[pid] = (sft_flow(overrides) if init == "warm_start" else
-                    make_agent_base_model(cfg, pid, index) if init == "base" else init)
-    return out
-
-
-def _initial_eval(group, cfg: SiirlConfig, start: int) -> dict:
-    """Accuracy of the starting policy, measured once per run and kept in the run folder."""
-    path = os.path.join(cfg.run_dir, "eval_initial.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    result = evaluation_task(cfg)(group, "initial", cfg, start)
-    with open(path, "w") as f:
-        json.dump(result, f)
-    return result
-
-
-def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: MetricSinks) -> dict:
-    run_iteration, evaluate = iteration_task(cfg), evaluation_task(cfg)
-    metrics: dict = {}
-    with progress_bar(cfg.trainer.steps, start) as bar:
-        for step in range(start + 1, cfg.trainer.steps + 1):
-            metrics = run_iteration(group, step, cfg)
-            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
-                metrics.update(evaluate(group, f"step-{step}", cfg, step))
-            sinks.write(step, metrics)
-            bar.update(bar.task_ids[0], advance=1, description=describe(metrics))
-            if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0 or step == cfg.trainer.steps):
-                save_checkpoint(group, cfg, step, metrics)
-    return metrics
-
-
-def _record_driver_traffic(group, client, run_dir: str) -> None:
-    """What crossed the driver: per call, the largest pickled arguments and result,
-    and how many keys the Dask cluster holds (the actors only, no data)."""
-    calls: dict = {}
-    for method, arg_bytes, result_bytes in group.traffic:
-        c = calls.setdefault(method, {"count": 0, "max_arg_bytes": 0, "max_result_bytes": 0})
-        c["count"] += 1
-        c["max_arg_bytes"] = max(c["max_arg_bytes"], arg_bytes)
-        c["max_result_bytes"] = max(c["max_result_bytes"], result_bytes)
-    with open(os.path.join(run_dir, "driver_traffic.json"), "w") as f:
-        json.dump({"calls": calls, "keys_in_cluster_memory": len(client.who_has())}, f, indent=1)
+from flows.retrain import retrain_flow
+from flows.training_run import run_training
 
 
 @flow(name="siirl-train", log_prints=True)
@@ -86,49 +13,8 @@ def train_flow(overrides: list[str] | None = None, retrain: bool = False) -> dic
     """RL training with Hydra overrides. retrain=True runs the `siirl-retrain` flow
     instead (the nightly-retrain deployment): train from the champion, promote if better."""
     if retrain:
-        from flows.retrain import retrain_flow
         return retrain_flow(overrides)
     return run_training(list(overrides or []))
-
-
-def run_training(overrides: list[str]) -> dict:
-    """The training run itself, inside whichever flow calls it."""
-    cfg = compose_config(overrides)  # fails here, before any model is loaded
-    logger = get_run_logger()
-    run_dir = make_run_dir(cfg)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(to_dict(cfg), f, indent=1)
-    candidates = find_checkpoint(cfg)  # before any compute: a storage fault stops the run here
-    policy = _policy_source(cfg, overrides)
-    with dask_client(cfg.cluster.kind, cfg.cluster.n_workers, cfg.cluster.threads_per_worker,
-                     cfg.cluster.address) as client:
-        logger.info("Dask dashboard: %s", client.dashboard_link)
-        group = start_rank_group(client, to_dict(cfg), policy, cfg.cluster.n_workers)
-        record_ranks(group, run_dir)
-        for i in group.info:
-            logger.info("rank %d: pid %d on %s, %d of %d parameters held locally", i["rank"], i["pid"], i["host"],
-                        i["local_parameters"], i["parameters"])
-        start = restore_checkpoint(group, cfg, candidates)
-        sinks = MetricSinks(run_dir, resumed_from=start)
-        before = _initial_eval(group, cfg, start)
-        last = _train_loop(cfg, group, run_dir, start, sinks)
-        after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
-        final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
-        sinks.close()
-        _record_driver_traffic(group, client, run_dir)
-    summary = {
-        "run_dir": run_dir, "steps": cfg.trainer.steps, "resumed_from_step": start,
-        "val_accuracy_before": before["val/accuracy"], "val_accuracy_after": after["val/accuracy"],
-        "checkpoints": cfg.checkpoint_root.rstrip("/") + "/checkpoints", "final_policy": final_dir,
-        "metrics_jsonl": sinks.jsonl_path, "tensorboard": os.path.join(run_dir, "tensorboard"),
-        "last_train_accuracy": last.get("reward/accuracy", float("nan")),
-    }
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    console.print(summary_table(summary))
-    create_markdown_artifact(key="siirl-train-summary", markdown="\n".join(
-        ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()]))
-    return summary
 
 
 if __name__ == "__main__":

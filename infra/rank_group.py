@@ -100,7 +100,7 @@ class RankGroup:
         workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])[:self.world_size]
         host = _host_of(workers[0])
         port = self.client.run(_free_port, workers=[workers[0]])[workers[0]]
-        from siirl_core.worker import worker_class
+        from siirl_core.worker_factory import worker_class
 
         cls = worker_class(self.cfg)
         futures = [self.client.submit(cls, self.cfg, self.model_path, rank, self.world_size, host, port,

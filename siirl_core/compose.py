@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from siirl_core.config import ConfigError, SiirlConfig, build_config, explain_omegaconf_error
+from siirl_core.config_checks import validate
 
 CONF_DIR = Path(os.environ.get("SIIRL_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 ConfigStore.instance().store(name="siirl_schema", node=SiirlConfig)
@@ -39,4 +40,4 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     finally:
         GlobalHydra.instance().clear()
     # A plain container: merging it into the schema rejects keys the schema lacks.
-    return build_config(OmegaConf.to_container(composed, resolve=True))
+    return validate(build_config(OmegaConf.to_container(composed, resolve=True)))

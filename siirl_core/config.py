@@ -2,8 +2,9 @@
 
 Each default lives here or in the YAML, not both: the YAML files only set what a
 config group changes. `build_config` turns a composed OmegaConf tree into these
-dataclasses (unknown keys and wrong types fail there) and then checks the
+dataclasses (unknown keys and wrong types fail there); `compose_config` then checks the
 cross-field rules (siirl_core/config_checks.py), naming the field and the allowed values.
+This module imports nothing of the engine.
 """
 from __future__ import annotations
 
@@ -329,19 +330,15 @@ class SiirlConfig:
         return self.storage.uri or self.run_dir
 
 
-def build_config(composed: DictConfig | dict, cross_checks: bool = True) -> SiirlConfig:
-    """Typed, validated config from a composed Hydra/OmegaConf tree."""
+def build_config(composed: DictConfig | dict) -> SiirlConfig:
+    """Typed config from a composed Hydra/OmegaConf tree: unknown keys and wrong types
+    fail here; the cross-field rules are siirl_core.config_checks.validate's."""
     schema = OmegaConf.structured(SiirlConfig)
     try:
         merged = OmegaConf.merge(schema, composed)
-        cfg = OmegaConf.to_object(merged)
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(explain_omegaconf_error(err)) from None
-    if not cross_checks:
-        return cfg
-    from siirl_core.config_checks import validate  # here: the checks import this module's schema
-
-    return validate(cfg)
 
 
 def known_keys(section: str) -> list[str]:
@@ -369,4 +366,4 @@ def from_dict(d: dict) -> SiirlConfig:
     """The config a rank receives: to_dict of one already validated by compose_config.
     Types are checked again; the cross-field checks are not, since they load the data
     files and user code that the rank is about to load anyway."""
-    return build_config(OmegaConf.create(d), cross_checks=False)
+    return build_config(OmegaConf.create(d))

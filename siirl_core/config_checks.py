@@ -1,4 +1,4 @@
-"""Cross-field rules of the config, checked by `build_config` before any model,
+"""Cross-field rules of the config, checked by `compose_config` before any model,
 data file or user code is loaded; each error names the key and what is allowed."""
 from __future__ import annotations
 

@@ -37,14 +37,6 @@ def build_kl_controller(algo):
     return FixedKLController(algo.kl_reward_coef)
 
 
-def worker_class(cfg: dict):
-    """The rank worker a config needs: multi-agent when it names an environment."""
-    if cfg.get("agents", {}).get("env"):
-        from siirl_core.agents.worker import MultiAgentWorker
-        return MultiAgentWorker
-    return RankWorker
-
-
 class RankWorker:
     def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int,
                  master_addr: str = "127.0.0.1", master_port: int = 29500,
