@@ -8,6 +8,7 @@ This module imports nothing of the engine.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -328,6 +329,21 @@ class SiirlConfig:
     @property
     def checkpoint_root(self) -> str:
         return self.storage.uri or self.run_dir
+
+    # Derived numbers: computed here once, used by the checks and by every rank.
+    def samples_per_rank(self, world_size: int | None = None) -> int:
+        """Samples each rank generates and trains on per step: its share of the prompts
+        (trainer.prompts_per_step / world size, cluster.n_workers by default) times rollout.n."""
+        return self.trainer.prompts_per_step // max(1, world_size or self.cluster.n_workers) * self.rollout.n
+
+    def grad_accum(self, world_size: int | None = None) -> int:
+        """Micro-batches per optimizer step on one rank (DeepSpeed's gradient accumulation)."""
+        t = self.trainer
+        return math.ceil(self.samples_per_rank(world_size) // t.mini_batches / t.micro_batch_size)
+
+    def policy_lr(self, pid: str) -> float:
+        """A multi-agent policy's learning rate: its own, or trainer.lr."""
+        return self.agents.policy(pid).lr or self.trainer.lr
 
 
 def build_config(composed: DictConfig | dict) -> SiirlConfig:

@@ -85,7 +85,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(
             f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} must be divisible by "
             f"cluster.n_workers={cfg.cluster.n_workers} (each rank takes an equal shard)")
-    per_rank = cfg.trainer.prompts_per_step // cfg.cluster.n_workers * cfg.rollout.n
+    per_rank = cfg.samples_per_rank()
     if per_rank % cfg.trainer.mini_batches:
         raise ConfigError(
             f"trainer.mini_batches={cfg.trainer.mini_batches} must divide the samples per rank "

@@ -100,22 +100,20 @@ class RankWorker:
         from siirl_core.training.actor import DeepSpeedActor
 
         t = self.cfg.trainer
-        per_rank = t.prompts_per_step // self.world_size * self.cfg.rollout.n
-        grad_accum = math.ceil(per_rank // t.mini_batches / t.micro_batch_size)
         return DeepSpeedActor(
             module, lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
             total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
-            zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
-            world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
+            zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
+            grad_accum=self.cfg.grad_accum(self.world_size), world_size=self.world_size, grad_clip=t.grad_clip,
+            bf16=self.bf16)
 
     def _build_critic(self):
         from siirl_core.training.critic import Critic
 
         t = self.cfg.trainer
-        per_rank = t.prompts_per_step // self.world_size * self.cfg.rollout.n
         return Critic(self.model_path, init_from_policy=self.cfg.critic.init_from_policy, lr=self.cfg.critic.lr,
                       zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
-                      grad_accum=math.ceil(per_rank // t.mini_batches / t.micro_batch_size),
+                      grad_accum=self.cfg.grad_accum(self.world_size),
                       world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
 
     def _build_rollout(self) -> RolloutEngine:

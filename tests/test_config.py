@@ -85,3 +85,13 @@ def test_cli_names_a_run_folder_it_cannot_create():
     assert proc.returncode == 2
     assert "configuration error: storage.uri='/proc/siirl-run': cannot create the run folder" in proc.stderr
     assert "Starting temporary server" not in proc.stderr + proc.stdout
+
+
+def test_derived_numbers_by_hand():
+    cfg = compose_config(["trainer.prompts_per_step=64", "rollout.n=8", "cluster.n_workers=2",
+                          "trainer.mini_batches=2", "trainer.micro_batch_size=32"])
+    assert cfg.samples_per_rank() == 64 // 2 * 8 == 256
+    assert cfg.samples_per_rank(world_size=4) == 128
+    assert cfg.grad_accum() == 256 // 2 // 32 == 4  # micro-batches per mini-batch on one rank
+    agents = compose_config(["agents=referential", "++agents.policies.speaker.lr=1e-4"])
+    assert agents.policy_lr("speaker") == 1e-4 and agents.policy_lr("listener") == agents.trainer.lr

@@ -56,10 +56,10 @@ class MultiAgentWorker(RankWorker):
 
         t, a = self.cfg.trainer, self.cfg.agents
         turns_per_episode = sum(1 for spec, _ in schedule(a.agents, a.graph, a.rounds) if spec.policy == pid)
-        rows = t.prompts_per_step // self.world_size * self.cfg.rollout.n * turns_per_episode
+        rows = self.cfg.samples_per_rank(self.world_size) * turns_per_episode
         updates = t.steps if a.schedule == "simultaneous" else math.ceil(t.steps / len(trainable_policies(a)))
         return DeepSpeedActor(
-            module, lr=a.policy(pid).lr or t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+            module, lr=self.cfg.policy_lr(pid), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
             total_steps=updates, schedule=t.lr_schedule, zero_stage=t.zero_stage,
             micro_batch_size=t.micro_batch_size, grad_accum=math.ceil(rows / t.micro_batch_size),
             world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
@@ -96,7 +96,7 @@ class MultiAgentWorker(RankWorker):
         for pid, actor in self.actors.items():
             actor.engine.load_checkpoint(os.path.join(staging, "policies", pid, "engine"), tag="state",
                                          load_optimizer_states=True, load_lr_scheduler_states=True)
-            actor.set_base_lr(self.cfg.agents.policy(pid).lr or self.cfg.trainer.lr)
+            actor.set_base_lr(self.cfg.policy_lr(pid))
 
     def _after_restore(self) -> None:
         return None  # episodes sample from the trained modules themselves

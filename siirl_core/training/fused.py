@@ -19,7 +19,7 @@ def on_policy_single_update(cfg) -> bool:
 
 def fused_update_blockers(cfg) -> list[str]:
     """Why the update cannot back-propagate through the rollout; empty when it can."""
-    per_rank = cfg.trainer.prompts_per_step // max(1, cfg.cluster.n_workers) * cfg.rollout.n
+    per_rank = cfg.samples_per_rank()
     checks = [
         (cfg.rollout.backend != "hf", f"rollout.backend={cfg.rollout.backend} samples outside the trainer's model"),
         (not on_policy_single_update(cfg),
