@@ -301,5 +301,4 @@ def run_iteration(worker, step: int, nodes: list[Callable]) -> MetricBag:
     for node in nodes:
         node(worker, ctx, bag)
     bag.add("timing_s/iteration", time.perf_counter() - t0, reduce="max")
-    worker.last_ctx = ctx  # the last iteration's batch, for inspection on the rank (never sent anywhere)
     return bag

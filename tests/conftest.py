@@ -52,6 +52,14 @@ def rank_worker(warm_model):
     return worker
 
 
+def watch_batches(worker) -> list[dict]:
+    """Append a pipeline node (as a user's custom node would be) that keeps each
+    iteration's context after every other node ran; returns the list it fills."""
+    seen: list[dict] = []
+    worker.pipeline = [*worker.pipeline, lambda _w, ctx, _bag: seen.append(ctx)]
+    return seen
+
+
 def _free_port() -> int:
     import socket
 

@@ -8,7 +8,7 @@ from siirl_core.agents.worker import MultiAgentWorker, trainable_policies
 from siirl_core.compose import compose_config
 from siirl_core.config import to_dict
 from siirl_core.models import create_tiny_model
-from tests.conftest import _free_port
+from tests.conftest import _free_port, watch_batches
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +70,10 @@ def test_debate_rounds_with_policies_of_different_sizes(tmp_path):
     w = make_worker(tmp_path, ["agents=rps_selfplay", "agents.graph=rounds", "agents.rounds=2",
                                "+agents.policies.bob.size=mini", "agents.agents.1.template='M{history}:'"])
     assert w.actors["bob"].total_parameters() > w.actors["alice"].total_parameters()
+    seen = watch_batches(w)
     m = w.run_until(1)
     assert m["perf/rollout_tokens"] == 16 * 8 * 2 * 2  # starts x episodes x rounds x agents, one token each
-    bob = [t for t in w.last_ctx["turns"] if t.agent == "bob"]
+    bob = [t for t in seen[-1]["turns"] if t.agent == "bob"]
     first, second = bob[0], bob[len(bob) // 2]  # episode 0 in round 1, then in round 2
     # Round 1: bob sees alice's move; round 2: all three earlier moves.
     assert len(w.policies["bob"].tokenizer.decode(first.prompt_ids, skip_special_tokens=True)) == len("M?:")

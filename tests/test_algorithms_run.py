@@ -26,12 +26,14 @@ def algo_worker(warm_model, rank_worker):  # rank_worker first: it owns the proc
     return worker
 
 
-def _run_one(worker, iterations: int = 1, **algorithm) -> tuple[dict, float]:
+def _run_one(worker, iterations: int = 1, seen: list | None = None, **algorithm) -> tuple[dict, float]:
     """More iterations with these algorithm settings; returns the last one's metrics and
-    how far the weights moved."""
+    how far the weights moved. `seen` (when given) receives each iteration's context."""
     for k, v in algorithm.items():
         setattr(worker.cfg.algorithm, k, v)
     worker.pipeline = resolve_pipeline(worker.cfg)
+    if seen is not None:
+        worker.pipeline.append(lambda _w, ctx, _bag: seen.append(ctx))
     before = {n: p.detach().clone() for n, p in worker.actor.module.named_parameters()}
     metrics = worker.run_until(worker.step + iterations)
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.actor.module.named_parameters())
@@ -98,11 +100,12 @@ def test_dynamic_sampling_keeps_only_informative_groups(algo_worker):
     # From the warm start: after the tests before it (lr 1e-3, one of them rewarding wrong
     # answers) the policy may be too sure of itself to give 8 informative groups in 8 rounds.
     algo_worker.actor.module.load_state_dict(algo_worker.warm_weights)
+    seen: list[dict] = []
     try:
-        m, moved = _run_one(algo_worker, adv_estimator="grpo", policy_loss="vanilla", dynamic_sampling=True,
+        m, moved = _run_one(algo_worker, seen=seen, adv_estimator="grpo", policy_loss="vanilla", dynamic_sampling=True,
                             max_sampling_rounds=8, overlong_buffer=2, overlong_penalty_factor=0.5,
                             clip_ratio_high=0.28)
-        rewards = algo_worker_last_rewards(algo_worker)
+        rewards = kept_group_rewards(seen[-1])
     finally:
         _reset(algo_worker)
     assert m["dapo/batch_filled"] == 1.0 and 1 <= m["dapo/sampling_rounds"] <= 8
@@ -126,9 +129,8 @@ def test_dynamic_sampling_stops_at_its_bound_and_says_so(algo_worker, caplog):
     assert "only 0 of 8 groups had differing rewards after 2 rounds" in caplog.text
 
 
-def algo_worker_last_rewards(worker) -> list[torch.Tensor]:
-    """The kept groups' rewards of the last iteration (the node leaves them in its context)."""
-    ctx = worker.last_ctx
+def kept_group_rewards(ctx: dict) -> list[torch.Tensor]:
+    """The kept groups' rewards of an iteration (the node leaves them in its context)."""
     g = ctx["tensors"]["group_index"]
     return [ctx["scores"][g == i] for i in g.unique()]
 

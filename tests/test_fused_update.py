@@ -14,7 +14,7 @@ from siirl_core.rollout.hf_engine import HFRollout
 from siirl_core.training.fused import fused_update_active, fused_update_blockers
 from siirl_core.training.logprobs import response_logits
 from siirl_core.worker import RankWorker
-from tests.conftest import _free_port
+from tests.conftest import _free_port, watch_batches
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +114,12 @@ def test_fused_update_takes_the_same_step_without_a_forward_pass(warm_model, ran
     fused, fused_calls = _counting_worker(warm_model, "on")
     plain, plain_calls = _counting_worker(warm_model, "off")
     before = {n: p.detach().clone() for n, p in plain.actor.module.named_parameters()}
+    fused_seen, plain_seen = watch_batches(fused), watch_batches(plain)
     m_fused, m_plain = fused.run_until(1), plain.run_until(1)
     # Same samples, one forward pass fewer (the update's), the same loss and step.
-    assert fused.last_ctx["rollout"].response_ids == plain.last_ctx["rollout"].response_ids
+    assert fused_seen[-1]["rollout"].response_ids == plain_seen[-1]["rollout"].response_ids
     assert len(fused_calls) == len(plain_calls) - 1
-    assert "rollout_logits" not in fused.last_ctx  # the graph is released after the update
+    assert "rollout_logits" not in fused_seen[-1]  # the graph is released after the update
     for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "reward/mean"):
         assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
     plain_w, fused_w = dict(plain.actor.module.named_parameters()), dict(fused.actor.module.named_parameters())

@@ -7,7 +7,7 @@ from siirl_core.compose import compose_config
 from siirl_core.config import to_dict
 from siirl_core.training.fused import fused_backward_cheaper, skips_zero_advantage
 from siirl_core.worker import RankWorker
-from tests.conftest import _free_port
+from tests.conftest import _free_port, watch_batches
 
 
 def test_skipping_needs_a_one_step_update_without_kl_or_entropy_terms():
@@ -44,15 +44,16 @@ def test_leaving_zero_advantage_rows_out_takes_the_same_step(warm_model, rank_wo
     skip, skip_rows = _worker(warm_model, True, fused)
     every, every_rows = _worker(warm_model, False, fused)
     before = {n: p.detach().clone() for n, p in every.actor.module.named_parameters()}
+    skip_seen, every_seen = watch_batches(skip), watch_batches(every)
     m_skip, m_every = skip.run_until(1), every.run_until(1)
-    assert skip.last_ctx["rollout"].response_ids == every.last_ctx["rollout"].response_ids
-    active = int((skip.last_ctx["advantages"] != 0).any(-1).sum())
+    assert skip_seen[-1]["rollout"].response_ids == every_seen[-1]["rollout"].response_ids
+    active = int((skip_seen[-1]["advantages"] != 0).any(-1).sum())
     assert 0 < active < 64  # this batch has groups that scored alike, and groups that did not
     assert m_skip["perf/zero_advantage_rows"] == 64 - active
     if fused == "off":
         assert every_rows == [64] and skip_rows == [active]
     else:  # the graph covers all 64 rows; dropped when `active` rows' own passes cost less
-        t = skip.last_ctx["tensors"]
+        t = skip_seen[-1]["tensors"]
         width = t["input_ids"].shape[1]
         keeps = fused_backward_cheaper(active, 64, 8, width - t["response_len"], width, t["response_len"])
         assert m_skip["perf/fused_update"] == float(keeps) and m_every["perf/fused_update"] == 1.0
