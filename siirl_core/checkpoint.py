@@ -217,6 +217,23 @@ def find_resume_point(root_uri: str, resume: str, endpoint_url: str = "") -> Opt
         f"complete steps: {[s for s, _ in complete]}")
 
 
+def resume_candidates(root_uri: str, resume: str, endpoint_url: str = "", upto: int | None = None,
+                      world_size: int | None = None) -> list[tuple[int, str]]:
+    """(step, folder) of the checkpoints a run may start from, best first: for 'auto' every
+    complete one (at most step `upto`), newest first, so a checkpoint whose files fail their
+    checksum on download can give way to the next; for a step or a folder, that one; for
+    'never', none. The first must have been written by `world_size` ranks."""
+    if resume == "auto":  # one listing (verifying is I/O)
+        found = reversed(complete_checkpoints(root_uri, endpoint_url))
+        candidates = [(s, f) for s, f in found if upto is None or s <= upto]
+    else:
+        point = find_resume_point(root_uri, resume, endpoint_url)
+        candidates = [point] if point is not None else []
+    if candidates and world_size is not None:
+        check_world_size(candidates[0][1], world_size, endpoint_url)
+    return candidates
+
+
 def apply_retention(root_uri: str, keep_last: int, endpoint_url: str = "") -> None:
     """Delete complete checkpoints older than the newest keep_last, except any that has
     ever been promoted to champion."""

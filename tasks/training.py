@@ -21,20 +21,9 @@ def record_ranks(group, run_dir: str) -> None:
         json.dump(group.info, f, indent=1)
 
 
-def resume_candidates(cfg: SiirlConfig, resume: str = "auto", upto: int | None = None) -> list[tuple[int, str]]:
-    """(step, folder) of the checkpoints a run may start from, best first: for 'auto' every
-    complete one (at most step `upto`), newest first. Reads storage only, so a storage fault
-    or a bad trainer.resume stops the run here, before any engine starts."""
-    root, endpoint = cfg.checkpoint_root, cfg.storage.endpoint_url
-    if resume == "auto":  # newest first; one listing (verifying is I/O)
-        found = reversed(ckpt.complete_checkpoints(root, endpoint))
-        candidates = [(s, f) for s, f in found if upto is None or s <= upto]
-    else:
-        point = ckpt.find_resume_point(root, resume, endpoint)
-        candidates = [point] if point is not None else []
-    if candidates:
-        ckpt.check_world_size(candidates[0][1], cfg.cluster.n_workers, endpoint)
-    return candidates
+def _candidates(cfg: SiirlConfig, resume: str, upto: int | None = None) -> list[tuple[int, str]]:
+    return ckpt.resume_candidates(cfg.checkpoint_root, resume, cfg.storage.endpoint_url, upto,
+                                  world_size=cfg.cluster.n_workers)
 
 
 def restore_newest(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -> int:
@@ -65,9 +54,9 @@ def recover(group, cfg: SiirlConfig, step: int, what: str) -> None:
     record_ranks(group, cfg.run_dir)
     logger.warning("retry %d of %s: rebuilt the rank group (%s)", task_run.run_count - 1, what,
                    ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
-    restored = restore_newest(group, cfg, resume_candidates(cfg, upto=step))
+    restored = restore_newest(group, cfg, _candidates(cfg, "auto", upto=step))
     if restored == 0 and cfg.trainer.resume not in ("auto", "never"):  # where this run started from
-        restored = restore_newest(group, cfg, resume_candidates(cfg, cfg.trainer.resume))
+        restored = restore_newest(group, cfg, _candidates(cfg, cfg.trainer.resume))
     logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
                    restored, restored + 1, step)
 
@@ -97,7 +86,8 @@ def save_checkpoint(group, cfg: SiirlConfig, step: int, metrics: dict) -> str:
 
 @task(cache_policy=NO_CACHE, task_run_name="find-checkpoint")
 def find_checkpoint(cfg: SiirlConfig) -> list[tuple[int, str]]:
-    return resume_candidates(cfg, cfg.trainer.resume)
+    """Before any compute: a storage fault or a bad trainer.resume stops the run here."""
+    return _candidates(cfg, cfg.trainer.resume)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="restore")

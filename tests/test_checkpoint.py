@@ -88,3 +88,17 @@ def test_staging_folders_of_dead_processes_are_removed(tmp_path):
         assert os.path.basename(mine).startswith(f"siirl-save-6-r0-p{os.getpid()}-")
     finally:
         os.rmdir(mine)
+
+
+def test_resume_candidates_newest_first_within_bounds(tmp_path):
+    root = str(tmp_path)
+    f2, f4 = _fake_checkpoint(tmp_path, 2), _fake_checkpoint(tmp_path, 4)
+    _fake_checkpoint(tmp_path, 6, complete=False)
+    assert ckpt.resume_candidates(root, "auto") == [(4, f4), (2, f2)]
+    assert ckpt.resume_candidates(root, "auto", upto=3) == [(2, f2)]
+    assert ckpt.resume_candidates(root, "2") == [(2, f2)]
+    assert ckpt.resume_candidates(root, f4) == [(4, f4)]
+    assert ckpt.resume_candidates(root, "never") == []
+    assert ckpt.resume_candidates(str(tmp_path / "empty"), "auto", world_size=2) == []
+    with pytest.raises(ValueError, match="was written by 1 ranks; this run has cluster.n_workers=2"):
+        ckpt.resume_candidates(root, "auto", world_size=2)
