@@ -67,6 +67,24 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def space_shortage(paths: list[str], needed_bytes: int) -> str:
+    """"" when each disk holding one of `paths` (or its nearest existing parent) has
+    needed_bytes free for each of those paths on it, else a sentence saying what is
+    needed, what is free, and where."""
+    need_by_disk: dict[int, list] = {}
+    for path in paths:
+        probe = os.path.abspath(path)
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        need_by_disk.setdefault(os.stat(probe).st_dev, [probe, 0])[1] += needed_bytes
+    for probe, need in need_by_disk.values():
+        free = shutil.disk_usage(probe).free
+        if free < need:
+            return (f"about {need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free on the disk of {probe}: free "
+                    "space there, lower trainer.keep_checkpoints, or move storage.uri")
+    return ""
+
+
 def step_dir(root_uri: str, step: int) -> str:
     return join(root_uri, "checkpoints", f"step_{step:08d}")
 
@@ -92,18 +110,45 @@ def local_files(folder: str) -> dict[str, dict]:
 def upload_folder(local_dir: str, folder_uri: str, endpoint_url: str = "", attempts: int = 3,
                   on_uploaded=None, backoff_s: float = 0.5) -> dict[str, dict]:
     """Copy a local folder's files into folder_uri; returns their manifest entries.
-    on_uploaded(rel) is called after each file (progress reporting)."""
+    on_uploaded(rel) is called after each file (progress reporting). When a file fails,
+    the ones already copied are removed again (best effort) before the error propagates:
+    a failed save leaves no partial folder to fill a disk or confuse an operator."""
     files = local_files(local_dir)
     fs, root = filesystem(folder_uri, endpoint_url)
-    for rel in files:
-        target = posixpath.join(root, rel)
-        if not is_remote(folder_uri):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-        retrying(f"upload {rel} to {folder_uri}", lambda: fs.put_file(os.path.join(local_dir, rel), target), attempts,
-                 backoff_s)
-        if on_uploaded is not None:
-            on_uploaded(rel)
+    tried: list[str] = []
+    try:
+        for rel in files:
+            target = posixpath.join(root, rel)
+            tried.append(target)
+            if not is_remote(folder_uri):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            retrying(f"upload {rel} to {folder_uri}", lambda: fs.put_file(os.path.join(local_dir, rel), target),
+                     attempts, backoff_s)
+            if on_uploaded is not None:
+                on_uploaded(rel)
+    except BaseException:
+        _remove_partial_upload(fs, root, tried[:-1], tried, is_remote(folder_uri))
+        raise
     return files
+
+
+def _remove_partial_upload(fs, root: str, uploaded: list[str], tried: list[str], remote: bool) -> None:
+    """Delete the files a failed upload wrote and, on a local disk, the folders it left
+    empty. What was there before (a non-empty folder, another file) is not touched."""
+    for target in uploaded:
+        try:
+            fs.rm_file(target)
+        except Exception as err:  # the storage may be what failed: the folder has no manifest either way
+            log.warning("could not remove %s after a failed save (%s: %s); without a manifest it is never "
+                        "loaded", target, type(err).__name__, err)
+    if remote:
+        return
+    for folder in sorted({os.path.dirname(t) for t in tried}, key=len, reverse=True):
+        while folder.startswith(root) and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            if folder == root:
+                break
+            folder = os.path.dirname(folder)
 
 
 def write_manifest(folder_uri: str, step: int, world_size: int, files: dict, config: dict, metrics: dict,

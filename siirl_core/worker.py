@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import socket
+import tempfile
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from siirl_core.rollout.base import RolloutEngine, SamplingConfig
 from siirl_core.algorithms.kl import AdaptiveKLController, FixedKLController
 from siirl_core.rewards import build_reward_scorer
 from siirl_core.rng import load_rng_state, save_rng_state
+from siirl_core.storage import is_remote
 from siirl_core.version import code_version
 
 log = logging.getLogger("siirl.worker")
@@ -47,6 +49,7 @@ class RankWorker:
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.master = (master_addr, master_port)
         self.step = 0  # last completed step
+        self._save_bytes = 0  # what this rank's last checkpoint save wrote
         stale = ckpt.remove_stale_staging()  # left by ranks killed mid-save or mid-restore
         if stale:
             log.info("removed %d staging folders of processes that no longer run: %s", len(stale), stale)
@@ -187,6 +190,11 @@ class RankWorker:
         only when every rank's upload succeeded."""
         st = self.cfg.storage
         folder = ckpt.step_dir(root_uri, self.step)
+        # Agreed before anything is written: a disk too full for this save stops it cleanly.
+        short = [s for s in all_gather(self._space_shortage(folder)) if s]
+        if short:
+            raise ckpt.CheckpointSaveError(f"checkpoint step {self.step} not started: {short[0]}; earlier "
+                                           "checkpoints are untouched")
         staging = ckpt.staging_dir("save", self.step, self.rank)
         try:
             self._stage_models(staging)
@@ -200,6 +208,7 @@ class RankWorker:
                 files = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries,
                                            backoff_s=st.retry_backoff_s)
                 error = ""
+                self._save_bytes = sum(meta["size"] for meta in files.values())
             except OSError as err:
                 files, error = {}, str(err)
             results = all_gather(files if not error else error)
@@ -216,6 +225,16 @@ class RankWorker:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
+
+    def _space_shortage(self, folder: str) -> str:
+        """Why this rank's next save would not fit ("" when it would): about what its last
+        save wrote (unknown before the first), once for staging and, with local storage,
+        once more for the checkpoint itself (twice on one disk)."""
+        if not self._save_bytes:
+            return ""
+        paths = [tempfile.gettempdir()] + ([] if is_remote(folder) else [folder])
+        problem = ckpt.space_shortage(paths, int(self._save_bytes * 1.1))
+        return f"rank {self.rank}: {problem}" if problem else ""
 
     def _stage_models(self, staging: str) -> None:
         """Every engine's state (each rank its shards) and the policy as an HF directory."""

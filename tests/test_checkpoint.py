@@ -102,3 +102,21 @@ def test_resume_candidates_newest_first_within_bounds(tmp_path):
     assert ckpt.resume_candidates(str(tmp_path / "empty"), "auto", world_size=2) == []
     with pytest.raises(ValueError, match="was written by 1 ranks; this run has cluster.n_workers=2"):
         ckpt.resume_candidates(root, "auto", world_size=2)
+
+
+def test_a_failed_upload_removes_what_it_wrote_and_nothing_else(tmp_path):
+    from siirl_core.storage import StorageError
+
+    staging = tmp_path / "staging"
+    for rel in ("engine/a.bin", "engine/b.bin", "policy/model.safetensors", "state.json"):
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_bytes(os.urandom(32))
+    folder = ckpt.step_dir(str(tmp_path / "run"), 4)
+    # Someone's folder where policy/model.safetensors must go: that file's copy fails.
+    os.makedirs(os.path.join(folder, "policy", "model.safetensors"))
+    open(os.path.join(folder, "policy", "model.safetensors", "theirs.txt"), "w").close()
+    with pytest.raises(StorageError, match=r"upload policy/model.safetensors to .*step_00000004 failed after 2"):
+        ckpt.upload_folder(str(staging), folder, attempts=2, backoff_s=0.0)
+    left = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+    assert left == ["policy/model.safetensors/theirs.txt"]
+    assert not os.path.exists(os.path.join(folder, "engine"))  # emptied, so removed
