@@ -82,7 +82,7 @@ def test_storage_errors_at_resume_stop_instead_of_starting_over(tmp_path, s3_ser
                                                r"tell whether it is complete: read .*manifest.json failed after 3 "
                                                r"attempts.*rerun when the storage answers"):
             ckpt.find_resume_point(root, "auto", ep)
-        assert faults.denied == 3
+        assert faults.denied >= 3  # one refused read per attempt at least (s3fs may retry inside one)
         faults.fail(r"/step_00000004/engine/a\.bin$", status=503)  # a file's size, while verifying
         with pytest.raises(StorageError, match=r"stat s3://siirl/denied/checkpoints/step_00000004/engine/a.bin "
                                                r"failed after 3 attempts"):
