@@ -201,13 +201,21 @@ def verify(folder_uri: str, endpoint_url: str = "") -> Optional[dict]:
     return manifest
 
 
+def world_size_error(manifest: dict, folder_uri: str, world_size: int) -> str:
+    """Why a checkpoint cannot load into `world_size` ranks ("" when it can): it loads only
+    into as many ranks as wrote it (no resharding yet)."""
+    if manifest["world_size"] == world_size:
+        return ""
+    return (f"checkpoint {folder_uri} was written by {manifest['world_size']} ranks; this run has "
+            f"cluster.n_workers={world_size} (resharding is not supported yet): set "
+            f"cluster.n_workers={manifest['world_size']}, or trainer.resume=never to start over")
+
+
 def check_world_size(folder_uri: str, world_size: int, endpoint_url: str = "") -> None:
-    """A checkpoint loads only into as many ranks as wrote it (no resharding yet)."""
     manifest = read_manifest(folder_uri, endpoint_url)
-    if manifest is not None and manifest["world_size"] != world_size:
-        raise ValueError(f"checkpoint {folder_uri} was written by {manifest['world_size']} ranks; this run has "
-                         f"cluster.n_workers={world_size} (resharding is not supported yet): set "
-                         f"cluster.n_workers={manifest['world_size']}, or trainer.resume=never to start over")
+    error = world_size_error(manifest, folder_uri, world_size) if manifest is not None else ""
+    if error:
+        raise ValueError(error)
 
 
 def download(folder_uri: str, manifest: dict, local_dir: str, wanted=lambda rel: True,

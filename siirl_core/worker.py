@@ -268,9 +268,9 @@ class RankWorker:
         manifest = ckpt.read_manifest(folder, st.endpoint_url)
         if manifest is None:
             raise FileNotFoundError(f"checkpoint {folder} is incomplete")
-        if manifest["world_size"] != self.world_size:
-            raise ValueError(f"checkpoint {folder} was written by {manifest['world_size']} ranks; "
-                             f"this run has {self.world_size} (resharding is not supported yet)")
+        error = ckpt.world_size_error(manifest, folder, self.world_size)
+        if error:
+            raise ValueError(error)
         staging = ckpt.staging_dir("restore", step, self.rank)
         try:
             failure = None

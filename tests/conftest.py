@@ -52,10 +52,10 @@ def rank_worker(warm_model):
     return worker
 
 
-def watch_batches(worker) -> list[dict]:
+def watch_batches(worker, seen: list | None = None) -> list[dict]:
     """Append a pipeline node (as a user's custom node would be) that keeps each
     iteration's context after every other node ran; returns the list it fills."""
-    seen: list[dict] = []
+    seen = [] if seen is None else seen
     worker.pipeline = [*worker.pipeline, lambda _w, ctx, _bag: seen.append(ctx)]
     return seen
 

@@ -12,7 +12,7 @@ from siirl_core.compose import compose_config
 from siirl_core.config import ConfigError, to_dict
 from siirl_core.pipeline import resolve_pipeline
 from siirl_core.worker import RankWorker, build_kl_controller
-from tests.conftest import _free_port
+from tests.conftest import _free_port, watch_batches
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _run_one(worker, iterations: int = 1, seen: list | None = None, **algorithm)
         setattr(worker.cfg.algorithm, k, v)
     worker.pipeline = resolve_pipeline(worker.cfg)
     if seen is not None:
-        worker.pipeline.append(lambda _w, ctx, _bag: seen.append(ctx))
+        watch_batches(worker, seen)
     before = {n: p.detach().clone() for n, p in worker.actor.module.named_parameters()}
     metrics = worker.run_until(worker.step + iterations)
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.actor.module.named_parameters())

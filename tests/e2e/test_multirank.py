@@ -3,14 +3,10 @@ one rank, ZeRO-3 sharding with checkpoint and resume, a thin driver, and recover
 from a worker process killed for real mid-run."""
 import json
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 
 from siirl_core import checkpoint as ckpt
-from tests.conftest import ROOT, siirl_cli
 from tests.e2e.helpers import metrics_by_step, run_siirl, run_siirl_killing_a_rank, summary
 from tests.e2e.learning_cases import CASES
 
@@ -70,33 +66,11 @@ def test_two_ranks_zero3_shards_checkpoints_and_resumes(tmp_path, cache_dir):
     assert sorted(metrics_by_step(run_dir)) == [1, 2, 3, 4, 5, 6]
 
 
-def _wait_for_step(run_dir: str, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "the run ended before the kill"
-        path = os.path.join(run_dir, "metrics.jsonl")
-        if os.path.exists(path) and sum(1 for _ in open(path)) >= step:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"step {step} not reached")
-
-
 def test_killed_worker_recovers_with_consistent_log(tmp_path, cache_dir, two_rank_run):
     run_dir = str(tmp_path / "run")
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log_path = tmp_path / "siirl.log"  # a file, not a pipe: nobody reads a pipe while we wait
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(siirl_cli() + ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}",
-                                               *TWO_RANKS], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_for_step(run_dir, 31, proc)  # past the checkpoint at step 25
-            victim = json.load(open(os.path.join(run_dir, "ranks.json")))[1]["pid"]
-            os.kill(victim, signal.SIGKILL)
-            proc.wait(timeout=900)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    out = log_path.read_text()
+    proc, victim = run_siirl_killing_a_rank(["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}",
+                                             *TWO_RANKS], run_dir, after_step=31, rank=1)  # past step 25's checkpoint
+    out = proc.stdout
     assert proc.returncode == 0, out[-5000:]
     # The failure names the rank and its process, whether the scheduler noticed the death
     # first ("died during run_until") or the call to it failed ("failed in run_until").
