@@ -6,7 +6,8 @@ import os
 from prefect import flow, get_run_logger
 
 from siirl_core.compose import compose_config
-from tasks.model import greedy_eval, make_base_model, supervised_warm_start, warm_start_dir
+from siirl_core.model_cache import warm_start_dir
+from tasks.model import greedy_eval, make_base_model, supervised_warm_start
 
 
 @flow(name="siirl-sft", log_prints=True)

@@ -32,10 +32,8 @@ def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str | dict[str, st
 
 def _agent_policy_sources(cfg: SiirlConfig, overrides: list[str]) -> dict[str, str]:
     """Multi-agent: each trained policy's starting model directory."""
-    from siirl_core.agents.worker import trainable_policies
-
     out = {}
-    for index, pid in enumerate(trainable_policies(cfg.agents)):
+    for index, pid in enumerate(cfg.agents.trained_policies()):
         init = cfg.agents.policy(pid).init
         out[pid] = (sft_flow(overrides) if init == "warm_start" else
                     make_agent_base_model(cfg, pid, index) if init == "base" else init)
@@ -96,9 +94,11 @@ def run_training(overrides: list[str]) -> dict:
         logger.info("Dask dashboard: %s", client.dashboard_link)
         group = start_rank_group(client, to_dict(cfg), policy, cfg.cluster.n_workers)
         record_ranks(group, run_dir)
+        logger.info("derived settings: %s", cfg.derived())
         for i in group.info:
-            logger.info("rank %d: pid %d on %s, %d of %d parameters held locally", i["rank"], i["pid"], i["host"],
-                        i["local_parameters"], i["parameters"])
+            logger.info("rank %d: pid %d on %s, %d of %d parameters held locally%s", i["rank"], i["pid"], i["host"],
+                        i["local_parameters"], i["parameters"],
+                        f", ZeRO stage {i['zero_stage']}" if "zero_stage" in i else "")
         start = restore_checkpoint(group, cfg, candidates)
         sinks = MetricSinks(run_dir, resumed_from=start)
         before = _initial_eval(group, cfg, start)

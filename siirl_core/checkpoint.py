@@ -287,6 +287,18 @@ def resume_candidates(root_uri: str, resume: str, endpoint_url: str = "", upto: 
     return candidates
 
 
+def recovery_candidates(root_uri: str, resume: str, step: int, endpoint_url: str = "",
+                        world_size: int | None = None) -> list[tuple[int, str]]:
+    """Where ranks rebuilt after a failure at `step` restore from, best first: this run's
+    complete checkpoints up to `step`; without any, where the run started (trainer.resume
+    naming a step or folder), so the replay starts from the same weights; else none
+    (replay from the start)."""
+    candidates = resume_candidates(root_uri, "auto", endpoint_url, upto=step, world_size=world_size)
+    if not candidates and resume not in ("auto", "never"):
+        candidates = resume_candidates(root_uri, resume, endpoint_url, world_size=world_size)
+    return candidates
+
+
 def apply_retention(root_uri: str, keep_last: int, endpoint_url: str = "") -> None:
     """Delete complete checkpoints older than the newest keep_last, except any that has
     ever been promoted to champion."""

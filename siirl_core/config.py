@@ -111,9 +111,10 @@ class AlgorithmConfig:
     # rollout.max_new_tokens (0: off), down to -overlong_penalty_factor.
     overlong_buffer: int = 0
     overlong_penalty_factor: float = 1.0
-    # The iteration's nodes in order: built-in names (rollout, reward, remax_baseline,
-    # old_logprobs, ref_logprobs, advantage, update, sync) and user nodes
-    # `pkg.module:fn` / `file.py:fn` called as fn(worker, ctx, bag). Empty: the default.
+    # The iteration's nodes in order: built-in names (pipeline.NODES: rollout, reward,
+    # dynamic_sampling, remax_baseline, old_logprobs, ref_logprobs, values, advantage,
+    # update, critic_update, sync) and user nodes `pkg.module:fn` / `file.py:fn` called as
+    # fn(worker, batch, bag) (siirl_core/batch.py). Empty: the algorithm's default graph.
     pipeline: list[str] = field(default_factory=list)
 
 
@@ -289,6 +290,14 @@ class AgentsConfig:
 
     def policy(self, pid: str) -> PolicySpec:
         return PolicySpec(**(self.policies.get(pid) or {}))
+
+    def trained_policies(self) -> list[str]:
+        """Policy ids in order of first use, scripted players excluded."""
+        out: list[str] = []
+        for a in self.agents:
+            if a.policy != "scripted" and a.policy not in out:
+                out.append(a.policy)
+        return out
     # chain: agents in order, each seeing the earlier messages; rounds: the chain `rounds`
     # times (debate); parallel: all but the last see only their observation, the last
     # (the aggregator) sees them all.
@@ -344,6 +353,19 @@ class SiirlConfig:
     def policy_lr(self, pid: str) -> float:
         """A multi-agent policy's learning rate: its own, or trainer.lr."""
         return self.agents.policy(pid).lr or self.trainer.lr
+
+    def derived(self, world_size: int | None = None) -> dict:
+        """The numbers the ranks compute from the configuration, for the log at start."""
+        ws = max(1, world_size or self.cluster.n_workers)
+        t = self.trainer
+        out = {"world_size": ws, "prompts_per_rank": t.prompts_per_step // ws,
+               "samples_per_rank": self.samples_per_rank(ws), "optimizer_steps_per_iteration": t.ppo_epochs
+               * t.mini_batches}
+        if self.agents.env:
+            out["policy_lr"] = {pid: self.policy_lr(pid) for pid in self.agents.trained_policies()}
+        else:
+            out.update(grad_accum=self.grad_accum(ws), lr=t.lr)
+        return out
 
 
 def build_config(composed: DictConfig | dict) -> SiirlConfig:

@@ -1,35 +1,25 @@
-"""Cross-field rules of the config, checked by `compose_config` before any model,
-data file or user code is loaded; each error names the key and what is allowed."""
+"""The config's checks, run by `compose_config` before any model is loaded: the schema's
+own rules here, then the rules each part of the engine registers beside its code
+(config_rules.py: fused update, task and data files, reward function, pipeline order,
+agents). Each error names the key and what is allowed."""
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
 
 from siirl_core.config import ConfigError, SiirlConfig
-
-
-def _one_of(key: str, value: Any, allowed) -> None:
-    allowed = sorted(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; expected one of {allowed}")
-
+from siirl_core.config_rules import check_registered
+from siirl_core.config_rules import one_of as _one_of
+from siirl_core.config_rules import positive as _positive
 
 # Any one of these is how an HF tokenizer is saved (fast, slow BPE, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def _positive(key: str, value, zero_ok: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ConfigError(f"{key}={value!r} is not allowed; expected a number {bound}")
-
-
 def validate(cfg: SiirlConfig) -> SiirlConfig:
-    """Cross-field rules, checked before any model is loaded."""
+    """Every rule, checked before any model is loaded."""
     from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
     from siirl_core.models.factory import ARCHITECTURES, SIZES
-    from siirl_core.data import TASKS
 
     _one_of("rollout.backend", cfg.rollout.backend, {"vllm", "hf"})
     _one_of("algorithm.adv_estimator", cfg.algorithm.adv_estimator, ADVANTAGE_ESTIMATORS.names())
@@ -37,7 +27,6 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     _one_of("algorithm.loss_agg_mode", cfg.algorithm.loss_agg_mode, LOSS_AGG_MODES.names())
     _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS.names())
     _one_of("trainer.zero_stage", cfg.trainer.zero_stage, {0, 1, 2, 3})
-    _validate_fused_update(cfg)
     _validate_algorithm(cfg)
     _one_of("trainer.lr_schedule", cfg.trainer.lr_schedule, {"constant", "cosine", "linear"})
     _one_of("cluster.kind", cfg.cluster.kind, {"local", "local_cuda", "address"})
@@ -48,8 +37,6 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(f"storage.uri={cfg.storage.uri!r}: expected a local path or s3://bucket/prefix")
     if cfg.storage.retries < 1:
         raise ConfigError(f"storage.retries={cfg.storage.retries}: expected at least 1 attempt")
-    _one_of("task.name", cfg.task.name, TASKS.names())
-    _validate_task(cfg)
     _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
     if not cfg.model.path:
         _one_of("model.size", cfg.model.size, SIZES)
@@ -94,25 +81,12 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
     _validate_retrain_and_evaluate(cfg)
-    _validate_reward(cfg)
-    if cfg.agents.env:
-        from siirl_core.agents.config_checks import validate_agents
-        validate_agents(cfg)
     resume = cfg.trainer.resume
     if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
         raise ConfigError(f"trainer.resume={resume!r} is not allowed; expected auto, never, a step number, "
                           "or a checkpoint folder (local path or s3:// URI)")
+    check_registered(cfg)
     return cfg
-
-
-def _validate_fused_update(cfg: SiirlConfig) -> None:
-    from siirl_core.training.fused import fused_update_blockers
-
-    _one_of("trainer.fused_update", cfg.trainer.fused_update, {"auto", "on", "off"})
-    blockers = fused_update_blockers(cfg)
-    if cfg.trainer.fused_update == "on" and blockers:
-        raise ConfigError("trainer.fused_update=on is not possible here: " + "; ".join(blockers)
-                          + " (use auto or off)")
 
 
 def _validate_algorithm(cfg: SiirlConfig) -> None:
@@ -135,43 +109,8 @@ def _validate_algorithm(cfg: SiirlConfig) -> None:
             raise ConfigError(f"algorithm.{key}={getattr(a, key)}: expected a number in [0, 1]")
     if a.adv_estimator in ("rloo", "reinforce_plus_plus_baseline") and cfg.rollout.n < 2:
         raise ConfigError(f"rollout.n must be >= 2 for algorithm.adv_estimator={a.adv_estimator} (group baselines)")
-    if a.pipeline:
-        from siirl_core.pipeline import resolve_pipeline
-        from siirl_core.rewards import RewardFunctionError
-
-        try:
-            resolve_pipeline(cfg)
-        except (ValueError, RewardFunctionError) as err:
-            raise ConfigError(str(err)) from None
     _positive("critic.lr", cfg.critic.lr)
     _positive("critic.value_clip", cfg.critic.value_clip)
-
-
-def _validate_task(cfg: SiirlConfig) -> None:
-    """Build the task once: bad options and malformed data files fail here, naming the
-    key, or the file, row and field."""
-    from siirl_core.data import build_task
-
-    try:
-        build_task(cfg.task)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _validate_reward(cfg: SiirlConfig) -> None:
-    from siirl_core.rewards import RewardFunctionError, load_reward_function
-
-    r = cfg.reward
-    _one_of("reward.on_error", r.on_error, {"score", "stop"})
-    _positive("reward.timeout_s", r.timeout_s)
-    _positive("reward.max_error_batches", r.max_error_batches)
-    if not 0 <= r.max_error_rate <= 1:
-        raise ConfigError(f"reward.max_error_rate={r.max_error_rate}: expected a share of samples in [0, 1]")
-    if r.function != "auto":
-        try:
-            load_reward_function(r.function, r.batched, r.kwargs)
-        except RewardFunctionError as err:
-            raise ConfigError(str(err)) from None
 
 
 def make_run_dir(cfg: SiirlConfig) -> str:

@@ -1,9 +1,12 @@
-"""One RL iteration as an ordered list of nodes over a per-rank context.
+"""One RL iteration as an ordered list of nodes over a typed per-rank batch.
 
-Every node reads and writes `ctx` (a dict) and may record metrics. The default
-GRPO graph is rollout -> reward -> old_logprobs -> ref_logprobs -> advantage ->
-update -> sync (the training nodes live in update_nodes.py). Tensors stay on the rank;
-only the reduced metrics leave it.
+Every node is `node(worker, batch, bag)`: it reads the fields of `batch` (an
+`IterationBatch`) that earlier nodes wrote, writes its own, and may record metrics in
+`bag`. `NODES` declares what each built-in node reads and writes; `resolve_pipeline`
+refuses an order in which a node would read a field no earlier node wrote. The default
+GRPO graph is rollout -> reward -> old_logprobs -> ref_logprobs -> advantage -> update
+-> sync (the training nodes live in update_nodes.py). Tensors stay on the rank; only the
+reduced metrics leave it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
 from siirl_core.algorithms.advantages import gae_advantages_returns
 from siirl_core.algorithms.shaping import overlong_penalty
+from siirl_core.batch import IterationBatch, Node, order_error, pad_rollout
+from siirl_core.config import ConfigError
+from siirl_core.config_rules import config_rule
 from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.fused import fused_update_active
@@ -31,30 +37,10 @@ log = logging.getLogger("siirl.pipeline")
 DEFAULT_GRPO_PIPELINE = ("rollout", "reward", "old_logprobs", "ref_logprobs", "advantage", "update", "sync")
 
 
-def pad_batch(batch: RolloutBatch, pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad prompts and right-pad responses into one [B, P+R] layout."""
-    p_len = max(len(p) for p in batch.prompt_ids)
-    r_len = max(1, max(len(r) for r in batch.response_ids))
-    rows, masks, resp_mask, rollout_lp = [], [], [], []
-    for p, r, lp in zip(batch.prompt_ids, batch.response_ids, batch.response_logprobs):
-        rows.append([pad_id] * (p_len - len(p)) + p + r + [pad_id] * (r_len - len(r)))
-        masks.append([0] * (p_len - len(p)) + [1] * (len(p) + len(r)) + [0] * (r_len - len(r)))
-        resp_mask.append([1] * len(r) + [0] * (r_len - len(r)))
-        rollout_lp.append(list(lp) + [0.0] * (r_len - len(lp)))
-    return {
-        "input_ids": torch.tensor(rows),  # [B, P+R]
-        "attention_mask": torch.tensor(masks),  # [B, P+R]
-        "response_mask": torch.tensor(resp_mask, dtype=torch.float32),  # [B, R]
-        "rollout_log_probs": torch.tensor(rollout_lp),  # [B, R]
-        "group_index": torch.tensor(batch.group_index),
-        "response_len": r_len,
-    }
-
-
 def timed(name: str, fn: Callable) -> Callable:
-    def run(worker, ctx, bag: MetricBag):
+    def run(worker, batch, bag: MetricBag):
         t0 = time.perf_counter()
-        fn(worker, ctx, bag)
+        fn(worker, batch, bag)
         if torch.cuda.is_available():  # GPU work is asynchronous: finish it inside its node's time
             torch.cuda.synchronize()
         bag.add(f"timing_s/{name}", time.perf_counter() - t0, reduce="max")
@@ -79,42 +65,42 @@ def _my_prompts(w, step: int, round_: int = 0) -> list:
     return shard(w.task.train_batch(t.seed, step, t.prompts_per_step, stream=stream), w.rank, w.world_size)
 
 
-def _record_rollout(ctx, bag) -> None:
-    lengths = [len(r) for r in ctx["rollout"].response_ids]
+def _record_rollout(rb: RolloutBatch, bag) -> None:
+    lengths = [len(r) for r in rb.response_ids]
     n = len(lengths)
     bag.add("response/length_mean", sum(lengths) / n, weight=n)
     bag.add("response/length_max", max(lengths), reduce="max")
-    bag.add("response/finished_frac", sum(ctx["rollout"].finished) / n, weight=n)
+    bag.add("response/finished_frac", sum(rb.finished) / n, weight=n)
     bag.add("perf/rollout_tokens", sum(lengths), reduce="sum")
 
 
-def node_rollout(w, ctx, bag):
-    problems = _my_prompts(w, ctx["step"])
+def node_rollout(w, b: IterationBatch, bag):
+    problems = _my_prompts(w, b.step)
     fused = fused_update_active(w.cfg)
-    ctx["problems"], ctx["rollout"] = problems, _generate(w, problems, ctx["step"], keep_graph=fused)
+    b.problems, b.rollout = problems, _generate(w, problems, b.step, keep_graph=fused)
     if fused:  # the update back-propagates through these instead of a forward pass of its own
-        ctx["rollout_logits"], ctx["rollout"].train_logits = ctx["rollout"].train_logits, None
-    ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
-    _record_rollout(ctx, bag)
+        b.rollout_logits, b.rollout.train_logits = b.rollout.train_logits, None
+    b.tensors = pad_rollout(b.rollout, w.tokenizer.pad_token_id)
+    _record_rollout(b.rollout, bag)
 
 
-def reward_samples(w, ctx, texts: list[str]) -> list[dict]:
+def reward_samples(w, step: int, problems: list, rb: RolloutBatch, texts: list[str]) -> list[dict]:
     """The reward function's inputs, one per sample, with an id naming step, rank and prompt."""
-    rb, out = ctx["rollout"], []
+    out = []
     for j, (text, g, finished) in enumerate(zip(texts, rb.group_index, rb.finished)):
-        p = ctx["problems"][g]
-        sid = f"step {ctx['step']} rank {w.rank} prompt {g}" + (f" ({p.uid})" if p.uid else "") + f" sample {j}"
+        p = problems[g]
+        sid = f"step {step} rank {w.rank} prompt {g}" + (f" ({p.uid})" if p.uid else "") + f" sample {j}"
         out.append({"data_source": p.data_source or w.task.name, "solution_str": text, "ground_truth": p.truth,
                     "extra_info": dict(p.extra_info, finished=finished, id=sid)})
     return out
 
 
-def score_rollout(w, ctx) -> tuple[list[float], list[float], object]:
-    """(rewards, accuracies, Scored) of ctx's rollout: the reward function, the format
-    bonus and DAPO's overlong penalty."""
-    rb, cfg = ctx["rollout"], w.cfg
+def score_rollout(w, step: int, problems: list, rb: RolloutBatch) -> tuple[list[float], list[float], object]:
+    """(rewards, accuracies, Scored) of a rollout of `problems`: the reward function, the
+    format bonus and DAPO's overlong penalty."""
+    cfg = w.cfg
     texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in rb.response_ids]
-    scored = w.reward.score(reward_samples(w, ctx, texts))
+    scored = w.reward.score(reward_samples(w, step, problems, rb, texts))
     rewards = add_format_bonus(w.task, texts, rb.finished, scored, cfg.task.format_reward)
     if cfg.algorithm.overlong_buffer:
         lengths = torch.tensor([len(r) + int(f) for r, f in zip(rb.response_ids, rb.finished)])  # EOS counts
@@ -132,9 +118,9 @@ def _record_rewards(bag, rewards: list[float], acc: list[float], scored) -> None
     bag.add("reward/timeouts", scored.timeouts, reduce="sum")
 
 
-def node_reward(w, ctx, bag):
-    rewards, acc, scored = score_rollout(w, ctx)
-    ctx["scores"] = torch.tensor(rewards, dtype=torch.float32)
+def node_reward(w, b: IterationBatch, bag):
+    rewards, acc, scored = score_rollout(w, b.step, b.problems, b.rollout)
+    b.scores = torch.tensor(rewards, dtype=torch.float32)
     _record_rewards(bag, rewards, acc, scored)
 
 
@@ -145,7 +131,7 @@ def _groups(rb: RolloutBatch) -> dict[int, list[int]]:
     return out
 
 
-def node_dynamic_sampling(w, ctx, bag):
+def node_dynamic_sampling(w, b: IterationBatch, bag):
     """DAPO's dynamic sampling: keep only groups whose rewards differ (the others carry no
     GRPO gradient) and sample fresh prompts until this rank's share is full, for at most
     algorithm.max_sampling_rounds rounds. At the bound, equal-reward groups fill the rest
@@ -155,12 +141,12 @@ def node_dynamic_sampling(w, ctx, bag):
     errors = timeouts = rounds = 0
     for round_ in range(w.cfg.algorithm.max_sampling_rounds):
         rounds += 1
-        problems = _my_prompts(w, ctx["step"], round_)
-        part = {"problems": problems, "rollout": _generate(w, problems, ctx["step"], round_), "step": ctx["step"]}
-        rewards, acc, scored = score_rollout(w, part)
+        problems = _my_prompts(w, b.step, round_)
+        rb = _generate(w, problems, b.step, round_)
+        rewards, acc, scored = score_rollout(w, b.step, problems, rb)
         errors, timeouts = errors + scored.errors, timeouts + scored.timeouts
-        for g, rows in _groups(part["rollout"]).items():
-            entry = (problems[g], [_row(part["rollout"], i) for i in rows], [rewards[i] for i in rows],
+        for g, rows in _groups(rb).items():
+            entry = (problems[g], [_row(rb, i) for i in rows], [rewards[i] for i in rows],
                      [acc[i] for i in rows])
             (kept if max(entry[2]) > min(entry[2]) else spare).append(entry)
         if len(kept) >= target:
@@ -171,20 +157,15 @@ def node_dynamic_sampling(w, ctx, bag):
     if len(kept) < target:
         log.warning("dynamic sampling at step %d (rank %d): only %d of %d groups had differing rewards after "
                     "%d rounds (algorithm.max_sampling_rounds); %d equal-reward groups fill the batch",
-                    ctx["step"], w.rank, len(kept), target, rounds, target - len(kept))
-    batch = (kept + spare)[:target]
-    ctx["problems"] = [b[0] for b in batch]
-    ctx["rollout"] = RolloutBatch([], [], [], [], [])
-    for g, (_, rows, _, _) in enumerate(batch):
-        for prompt_ids, response_ids, logprobs, finished in rows:
-            for field_, value in zip(("prompt_ids", "response_ids", "response_logprobs", "finished", "group_index"),
-                                     (prompt_ids, response_ids, logprobs, finished, g)):
-                getattr(ctx["rollout"], field_).append(value)
-    rewards = [r for b in batch for r in b[2]]
-    ctx["scores"] = torch.tensor(rewards, dtype=torch.float32)
-    ctx["tensors"] = pad_batch(ctx["rollout"], w.tokenizer.pad_token_id)
-    _record_rollout(ctx, bag)
-    scored = Scored(rewards, [a for b in batch for a in b[3]], errors, timeouts)
+                    b.step, w.rank, len(kept), target, rounds, target - len(kept))
+    chosen = (kept + spare)[:target]
+    b.problems = [entry[0] for entry in chosen]
+    b.rollout = _joined([entry[1] for entry in chosen])
+    rewards = [r for entry in chosen for r in entry[2]]
+    b.scores = torch.tensor(rewards, dtype=torch.float32)
+    b.tensors = pad_rollout(b.rollout, w.tokenizer.pad_token_id)
+    _record_rollout(b.rollout, bag)
+    scored = Scored(rewards, [a for entry in chosen for a in entry[3]], errors, timeouts)
     _record_rewards(bag, rewards, scored.accuracies, scored)
 
 
@@ -192,32 +173,37 @@ def _row(rb: RolloutBatch, i: int) -> tuple:
     return rb.prompt_ids[i], rb.response_ids[i], rb.response_logprobs[i], rb.finished[i]
 
 
-def node_ref_logprobs(w, ctx, bag):
+def _joined(groups: list[list[tuple]]) -> RolloutBatch:
+    """One RolloutBatch of groups of `_row`s, group g's samples answering prompt g."""
+    rows = [(row, g) for g, group in enumerate(groups) for row in group]
+    return RolloutBatch([r[0] for r, _ in rows], [r[1] for r, _ in rows], [r[2] for r, _ in rows],
+                        [r[3] for r, _ in rows], [g for _, g in rows])
+
+
+def node_ref_logprobs(w, b: IterationBatch, bag):
     if w.ref_module is None:
-        ctx["ref_log_probs"] = None
+        b.ref_log_probs = None
         return
-    t = ctx["tensors"]
-    args = (t["input_ids"], t["attention_mask"], t["response_len"], w.cfg.trainer.micro_batch_size,
-            w.cfg.rollout.temperature)
+    t = b.tensors
+    args = (t.input_ids, t.attention_mask, t.response_len, w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
     if w.cfg.algorithm.kl_estimator == "full":  # the exact KL compares whole distributions
-        ctx["ref_log_probs"] = compute_full_logprobs(w.ref_module, *args)  # [B, R, V]
+        b.ref_log_probs = compute_full_logprobs(w.ref_module, *args)  # [B, R, V]
         if w.cfg.algorithm.kl_in_reward:
-            ctx["old_full_log_probs"] = compute_full_logprobs(w.actor.module, *args)
+            b.old_full_log_probs = compute_full_logprobs(w.actor.module, *args)
         return
-    ctx["ref_log_probs"] = compute_logprobs(w.ref_module, *args)
+    b.ref_log_probs = compute_logprobs(w.ref_module, *args)
 
 
-def node_remax_baseline(w, ctx, bag):
+def node_remax_baseline(w, b: IterationBatch, bag):
     """ReMax's baseline: the reward of each prompt's greedy response, for every sample of it."""
-    cfg, rb = w.cfg, ctx["rollout"]
-    prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in ctx["problems"]]
+    cfg = w.cfg
+    prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in b.problems]
     greedy = w.rollout.generate(prompt_ids, SamplingConfig(n=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens),
                                 seed=0)
     texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in greedy.response_ids]
-    base_ctx = {"rollout": greedy, "problems": ctx["problems"], "step": ctx["step"]}
-    scored = w.reward.score(reward_samples(w, base_ctx, texts))
+    scored = w.reward.score(reward_samples(w, b.step, b.problems, greedy, texts))
     base = torch.tensor(scored.rewards, dtype=torch.float32)  # [prompts]
-    ctx["baseline_scores"] = base[torch.tensor(rb.group_index)]  # [B]
+    b.baseline_scores = base[torch.tensor(b.rollout.group_index)]  # [B]
     bag.add("reward/greedy_baseline_mean", float(base.mean()), weight=len(base))
 
 
@@ -229,43 +215,68 @@ def outcome_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> 
     return out
 
 
-def node_advantage(w, ctx, bag):
+def node_advantage(w, b: IterationBatch, bag):
     """The configured estimator, given whichever of its optional inputs it asks for."""
     algo = w.cfg.algorithm
-    t = ctx["tensors"]
-    token_rewards = outcome_token_rewards(ctx["scores"], t["response_mask"])  # [B, R]
+    t = b.tensors
+    token_rewards = outcome_token_rewards(b.scores, t.response_mask)  # [B, R]
     if algo.kl_in_reward:
-        policy = ctx["old_full_log_probs"] if algo.kl_estimator == "full" else ctx["old_log_probs"]
-        token_rewards, kl = kl_in_reward(token_rewards, policy, ctx["ref_log_probs"],
-                                         t["response_mask"], coef=w.kl_ctrl.value, estimator=algo.kl_estimator)
+        policy = b.old_full_log_probs if algo.kl_estimator == "full" else b.old_log_probs
+        token_rewards, kl = kl_in_reward(token_rewards, policy, b.ref_log_probs,
+                                         t.response_mask, coef=w.kl_ctrl.value, estimator=algo.kl_estimator)
         # The controller steers on the token mean over the global batch; every rank gets the same value.
-        batch_kl = pooled_mean(all_gather((float(kl), float(t["response_mask"].sum()))))
-        bag.add("actor/reward_kl", float(kl), weight=float(t["response_mask"].sum()))
+        batch_kl = pooled_mean(all_gather((float(kl), float(t.response_mask.sum()))))
+        bag.add("actor/reward_kl", float(kl), weight=float(t.response_mask.sum()))
         bag.add("actor/reward_kl_coef", w.kl_ctrl.value)
-        w.kl_ctrl.update(batch_kl, n_steps=len(ctx["scores"]) * w.world_size)
-    available = {"norm_by_std": algo.norm_adv_by_std, "token_rewards": token_rewards, "values": ctx.get("values"),
-                 "baseline_scores": ctx.get("baseline_scores"), "gamma": algo.gamma, "lam": algo.lam}
+        w.kl_ctrl.update(batch_kl, n_steps=len(b.scores) * w.world_size)
+    available = {"norm_by_std": algo.norm_adv_by_std, "token_rewards": token_rewards, "values": b.values,
+                 "baseline_scores": b.baseline_scores, "gamma": algo.gamma, "lam": algo.lam}
     estimator = ADVANTAGE_ESTIMATORS.get(algo.adv_estimator)
     wanted = inspect.signature(estimator).parameters
     kwargs = {k: v for k, v in available.items() if k in wanted and v is not None}
-    scores = ctx["scores"]
+    scores = b.scores
     if algo.kl_in_reward and "token_rewards" not in wanted:
         # An outcome estimator sees the reward being optimised: the score minus coef times
         # the sequence's summed KL (verl sums the token-level rewards the same way).
         scores = token_rewards.sum(-1)  # [B]
-    ctx["token_rewards"] = token_rewards
-    ctx["advantages"] = estimator(scores, t["group_index"], t["response_mask"], **kwargs)  # [B, R]
-    if ctx.get("values") is not None:  # the critic's targets
-        _, ctx["returns"] = gae_advantages_returns(token_rewards, ctx["values"], t["response_mask"], algo.gamma,
-                                                   algo.lam)
+    b.token_rewards = token_rewards
+    b.advantages = estimator(scores, t.group_index, t.response_mask, **kwargs)  # [B, R]
+    if b.values is not None:  # the critic's targets
+        _, b.returns = gae_advantages_returns(token_rewards, b.values, t.response_mask, algo.gamma, algo.lam)
 
 
-NODES: dict[str, Callable] = {
-    "rollout": node_rollout, "reward": node_reward, "dynamic_sampling": node_dynamic_sampling,
-    "remax_baseline": node_remax_baseline,
-    "old_logprobs": node_old_logprobs, "ref_logprobs": node_ref_logprobs, "advantage": node_advantage,
-    "update": node_update, "sync": node_sync, "values": node_values, "critic_update": node_critic_update,
-}
+def _advantage_reads(cfg) -> tuple[str, ...]:
+    algo, extra = cfg.algorithm, ()
+    if algo.kl_in_reward:
+        extra += ("ref_log_probs", "old_full_log_probs" if algo.kl_estimator == "full" else "old_log_probs")
+    if algo.adv_estimator == "gae":
+        extra += ("values",)
+    if algo.adv_estimator == "remax":
+        extra += ("baseline_scores",)
+    return ("tensors", "scores", *extra)
+
+
+def _update_reads(cfg) -> tuple[str, ...]:
+    kl_loss = ("ref_log_probs",) if cfg.algorithm.kl_coef > 0 and not cfg.algorithm.kl_in_reward else ()
+    return ("tensors", "advantages", "old_log_probs", *kl_loss)
+
+
+_SAMPLES = ("problems", "rollout", "tensors")
+# Each built-in node with the batch fields it reads and writes; reads may depend on the
+# configuration (a function of it), e.g. the advantage needs values only for GAE.
+NODES: dict[str, Node] = {n.name: n for n in (
+    Node("rollout", node_rollout, (), (*_SAMPLES, "rollout_logits")),
+    Node("reward", node_reward, ("problems", "rollout"), ("scores",)),
+    Node("dynamic_sampling", node_dynamic_sampling, (), (*_SAMPLES, "scores")),
+    Node("remax_baseline", node_remax_baseline, ("problems", "rollout"), ("baseline_scores",)),
+    Node("old_logprobs", node_old_logprobs, ("tensors",), ("old_log_probs", "is_weights")),
+    Node("ref_logprobs", node_ref_logprobs, ("tensors",), ("ref_log_probs", "old_full_log_probs")),
+    Node("values", node_values, ("tensors",), ("values",)),
+    Node("advantage", node_advantage, _advantage_reads, ("token_rewards", "advantages", "returns")),
+    Node("update", node_update, _update_reads, ("update_rows",)),
+    Node("critic_update", node_critic_update, ("tensors", "values", "returns"), ()),
+    Node("sync", node_sync, (), ()),
+)}
 
 
 def default_pipeline(cfg) -> tuple[str, ...]:
@@ -277,28 +288,49 @@ def default_pipeline(cfg) -> tuple[str, ...]:
     return first + DEFAULT_GRPO_PIPELINE[2:]
 
 
-def resolve_pipeline(cfg) -> list[Callable]:
-    """algorithm.pipeline: node names and user nodes (`pkg.module:fn` or `file.py:fn`, each
-    called as fn(worker, ctx, bag)) in order; empty means the algorithm's default graph."""
+def _resolved(cfg, entry: str) -> Node:
     from siirl_core.rewards.user import load_callable
 
-    out = []
-    for entry in cfg.algorithm.pipeline or default_pipeline(cfg):
-        if entry in NODES:
-            out.append(timed(entry, NODES[entry]))
-        elif ":" in entry:
-            out.append(timed(entry.rsplit(":", 1)[1], load_callable(entry, "algorithm.pipeline")))
-        else:
-            raise ValueError(f"algorithm.pipeline entry {entry!r} is neither a built-in node "
-                             f"({', '.join(NODES)}) nor 'module:function' / 'file.py:function'")
-    return out
+    if entry in NODES:
+        node = NODES[entry]
+        return Node(entry, node.fn, node.reads(cfg) if callable(node.reads) else node.reads, node.writes)
+    if ":" in entry:
+        fn = load_callable(entry, "algorithm.pipeline")
+        return Node(entry, fn, tuple(getattr(fn, "reads", ())), tuple(getattr(fn, "writes", ())))
+    raise ValueError(f"algorithm.pipeline entry {entry!r} is neither a built-in node "
+                     f"({', '.join(NODES)}) nor 'module:function' / 'file.py:function'")
 
 
-def run_iteration(worker, step: int, nodes: list[Callable]) -> MetricBag:
+def resolve_pipeline(cfg) -> list[Callable]:
+    """algorithm.pipeline: node names and user nodes (`pkg.module:fn` or `file.py:fn`, each
+    called as fn(worker, batch, bag), declaring what they read and write with
+    `siirl_core.batch.declared`) in order; empty means the algorithm's default graph.
+    An order in which a node reads a field before any node writes it is a ValueError."""
+    nodes = [_resolved(cfg, entry) for entry in cfg.algorithm.pipeline or default_pipeline(cfg)]
+    problem = order_error(nodes, IterationBatch)
+    if problem:
+        raise ValueError(f"algorithm.pipeline cannot run: {problem}")
+    return [timed(n.name.rsplit(":", 1)[-1], n.fn) for n in nodes]
+
+
+@config_rule("algorithm.pipeline")
+def _pipeline_rule(cfg) -> None:
+    """A custom pipeline: every entry resolves (user nodes import and are callable) and the
+    order lets every node find the fields it reads."""
+    from siirl_core.rewards import RewardFunctionError
+
+    if cfg.algorithm.pipeline:
+        try:
+            resolve_pipeline(cfg)
+        except (ValueError, RewardFunctionError) as err:
+            raise ConfigError(str(err)) from None
+
+
+def run_iteration(worker, step: int, nodes: list[Callable], batch_type: type = IterationBatch) -> MetricBag:
     bag = MetricBag()
-    ctx = {"step": step}
+    batch = batch_type(step=step)
     t0 = time.perf_counter()
     for node in nodes:
-        node(worker, ctx, bag)
+        node(worker, batch, bag)
     bag.add("timing_s/iteration", time.perf_counter() - t0, reduce="max")
     return bag

@@ -1,6 +1,7 @@
 """The pipeline's training nodes: the policy's old log-probs, the update (fused with the
 rollout's graph, or its own passes over the rows that carry a gradient), the critic's
-values and update, and the weight sync. See pipeline.py for the node contract."""
+values and update, and the weight sync. Each is node(worker, batch, bag) over an
+`IterationBatch`; pipeline.NODES declares what each reads and writes."""
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from siirl_core.algorithms import masked_mean
 from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
 from siirl_core.algorithms.policy_loss import truncated_is_weights
 from siirl_core.algorithms.value import clipped_value_loss
+from siirl_core.batch import IterationBatch
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.critic import response_values
 from siirl_core.training.fused import fused_backward_cheaper, on_policy_single_update, skips_zero_advantage
@@ -27,14 +29,14 @@ def _record_mismatch(w, old, rollout_lp, mask, bag):
     return weights
 
 
-def node_old_logprobs(w, ctx, bag):
-    t = ctx["tensors"]
+def node_old_logprobs(w, b: IterationBatch, bag):
+    t = b.tensors
     if on_policy_single_update(w.cfg):
-        ctx["old_log_probs"] = ctx["is_weights"] = None  # taken from the update's forward pass
+        b.old_log_probs = b.is_weights = None  # taken from the update's forward pass
         return
-    ctx["old_log_probs"] = compute_logprobs(w.actor.module, t["input_ids"], t["attention_mask"], t["response_len"],
-                                            w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
-    ctx["is_weights"] = _record_mismatch(w, ctx["old_log_probs"], t["rollout_log_probs"], t["response_mask"], bag)
+    b.old_log_probs = compute_logprobs(w.actor.module, t.input_ids, t.attention_mask, t.response_len,
+                                       w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
+    b.is_weights = _record_mismatch(w, b.old_log_probs, t.rollout_log_probs, t.response_mask, bag)
 
 
 def rollout_correction_on(cfg) -> bool:
@@ -44,31 +46,28 @@ def rollout_correction_on(cfg) -> bool:
     return mode == "on" or (mode == "auto" and cfg.rollout.backend != "hf")
 
 
-def node_values(w, ctx, bag):
+def node_values(w, b: IterationBatch, bag):
     """The critic's V(s_t) for every response token, before any update this step."""
-    t = ctx["tensors"]
-    ctx["values"] = w.critic.values(t["input_ids"], t["attention_mask"], t["response_len"],
-                                    w.cfg.trainer.micro_batch_size)  # [B, R]
-    bag.add("critic/values_mean", masked_mean(ctx["values"], t["response_mask"]),
-            weight=float(t["response_mask"].sum()))
+    t = b.tensors
+    b.values = w.critic.values(t.input_ids, t.attention_mask, t.response_len, w.cfg.trainer.micro_batch_size)  # [B, R]
+    bag.add("critic/values_mean", masked_mean(b.values, t.response_mask), weight=float(t.response_mask.sum()))
 
 
-def node_critic_update(w, ctx, bag):
+def node_critic_update(w, b: IterationBatch, bag):
     """Fit the critic to the GAE returns with the clipped value loss, same epochs and
     mini-batches as the policy."""
-    cfg, t = w.cfg, ctx["tensors"]
-    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7927 + ctx["step"])
+    cfg, t = w.cfg, b.tensors
+    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7927 + b.step)
     for _ in range(cfg.trainer.ppo_epochs):
-        for mb in _minibatches(t["input_ids"].shape[0], cfg.trainer.mini_batches, gen):
+        for mb in _minibatches(t.input_ids.shape[0], cfg.trainer.mini_batches, gen):
             for micro in mb.split(cfg.trainer.micro_batch_size):
-                v = response_values(w.critic.engine, t["input_ids"][micro], t["attention_mask"][micro],
-                                    t["response_len"])  # on the critic's device
-                old_v, returns, mask = (x[micro].to(v.device) for x in (ctx["values"], ctx["returns"],
-                                                                       t["response_mask"]))
+                v = response_values(w.critic.engine, t.input_ids[micro], t.attention_mask[micro],
+                                    t.response_len)  # on the critic's device
+                old_v, returns, mask = (x[micro].to(v.device) for x in (b.values, b.returns, t.response_mask))
                 loss, m = clipped_value_loss(v, old_v, returns, mask, clip_range=cfg.critic.value_clip,
                                              loss_agg_mode=cfg.algorithm.loss_agg_mode)
-                w.critic.actor.micro_step(loss * (len(micro) / len(mb)) * w.critic.actor.grad_accum)
-                weight = float(t["response_mask"][micro].sum())
+                w.critic.actor.accumulate(loss, len(micro) / len(mb))
+                weight = float(t.response_mask[micro].sum())
                 bag.add("critic/vf_loss", loss.detach(), weight=weight)
                 for k, val in m.items():
                     bag.add(f"critic/{k}", val, weight=weight)
@@ -80,98 +79,97 @@ def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[
     return list(perm.chunk(mini_batches))
 
 
-def _computed_rows(ctx, micro: torch.Tensor) -> torch.Tensor:
-    """[b] bool: the micro-batch's rows the update runs: all, or with ctx["update_rows"]
+def _computed_rows(b: IterationBatch, micro: torch.Tensor) -> torch.Tensor:
+    """[b] bool: the micro-batch's rows the update runs: all, or with b.update_rows
     those rows, at least one (so every rank back-propagates)."""
-    chosen = ctx.get("update_rows")
+    chosen = b.update_rows
     inside = torch.ones(len(micro), dtype=torch.bool) if chosen is None else chosen[micro].clone()
     if not bool(inside.any()):
         inside[0] = True
     return inside
 
 
-def _micro_loss(w, ctx, micro, inside, bag):
+def _micro_loss(w, b: IterationBatch, micro, inside, bag):
     """The policy loss of one micro-batch, from one forward pass over its `inside` rows (or
     the rollout's, fused: then all rows). The other rows' log-probs are a constant 0 with
     old = new, i.e. ratio 1 and, with their zero advantages, a loss of exactly 0, as they
     would have had."""
-    cfg, t = w.cfg, ctx["tensors"]
-    kept, computed = ctx.get("rollout_logits"), micro[inside]
+    cfg, t = w.cfg, b.tensors
+    kept, computed = b.rollout_logits, micro[inside]
     if kept is not None:  # [B, S, V] with S >= R: every response ends within the sampled steps
-        logits = kept[computed.to(kept.device)][:, :t["response_len"]]
+        logits = kept[computed.to(kept.device)][:, :t.response_len]
     else:
-        logits = response_logits(w.actor.engine, t["input_ids"][computed], t["attention_mask"][computed],
-                                 t["response_len"], cfg.rollout.temperature)  # [b, R, V], on the actor's device
+        logits = response_logits(w.actor.engine, t.input_ids[computed], t.attention_mask[computed],
+                                 t.response_len, cfg.rollout.temperature)  # [b, R, V], on the actor's device
 
     def rows(x, which=micro):  # rows of a batch tensor (kept on the CPU), where the logits are
         return None if x is None else x[which].to(logits.device)
 
-    lp = logprobs_from_logits(logits, rows(t["input_ids"], computed)[:, -t["response_len"]:])
+    lp = logprobs_from_logits(logits, rows(t.input_ids, computed)[:, -t.response_len:])
     entropy = entropy_from_logits(logits)
-    mask = rows(t["response_mask"])
+    mask = rows(t.response_mask)
     if len(computed) < len(micro):  # back to the micro-batch's rows
         at = torch.nonzero(inside).squeeze(1).to(logits.device)
         lp = torch.zeros(len(micro), lp.shape[1], dtype=lp.dtype, device=lp.device).index_copy(0, at, lp)
         entropy = torch.zeros_like(lp).index_copy(0, at, entropy)
     measured = mask * inside.to(mask.device)[:, None]  # tokens whose log-probs and entropy were computed
     full_kl = cfg.algorithm.kl_estimator == "full" and cfg.algorithm.kl_coef > 0
-    if ctx.get("old_log_probs") is None:  # on-policy, one step: old = this very forward pass
+    if b.old_log_probs is None:  # on-policy, one step: old = this very forward pass
         old = lp.detach()
-        isw = _record_mismatch(w, old, rows(t["rollout_log_probs"]), measured, bag)
+        isw = _record_mismatch(w, old, rows(t.rollout_log_probs), measured, bag)
     else:
-        old, isw = rows(ctx["old_log_probs"]), rows(ctx.get("is_weights"))
-    return policy_loss_terms(lp, entropy, old, rows(ctx.get("ref_log_probs")),
-                             rows(ctx["advantages"]), mask, cfg.algorithm, is_weights=isw,
+        old, isw = rows(b.old_log_probs), rows(b.is_weights)
+    return policy_loss_terms(lp, entropy, old, rows(b.ref_log_probs),
+                             rows(b.advantages), mask, cfg.algorithm, is_weights=isw,
                              kl_log_probs=torch.log_softmax(logits, -1) if full_kl else lp, entropy_mask=measured)
 
 
-def _choose_update_rows(w, ctx, bag) -> None:
-    """ctx["update_rows"]: the rows with a non-zero advantage, where leaving the others out
+def _choose_update_rows(w, b: IterationBatch, bag) -> None:
+    """b.update_rows: the rows with a non-zero advantage, where leaving the others out
     is the same update (trainer.skip_zero_advantage); None: every row. The rollout's graph
     (fused update) covers every row: it is dropped when the chosen rows' own forward and
     backward passes cost fewer FLOPs than back-propagating through it."""
-    ctx["update_rows"] = None
+    b.update_rows = None
     if not skips_zero_advantage(w.cfg):
         return
-    t = ctx["tensors"]
-    active = (ctx["advantages"] != 0).any(-1)  # [B]
-    rows, width = t["input_ids"].shape
+    t = b.tensors
+    active = (b.advantages != 0).any(-1)  # [B]
+    rows, width = t.input_ids.shape
     bag.add("perf/zero_advantage_rows", int((~active).sum()), reduce="sum")
-    kept = ctx.get("rollout_logits")
+    kept = b.rollout_logits
     if kept is not None and fused_backward_cheaper(int(active.sum()), rows, rows // w.cfg.rollout.n,
-                                                   width - t["response_len"], width, kept.shape[1]):
+                                                   width - t.response_len, width, kept.shape[1]):
         return
-    ctx.pop("rollout_logits", None)
-    ctx["update_rows"] = active
+    b.rollout_logits = None
+    b.update_rows = active
 
 
-def node_update(w, ctx, bag):
+def node_update(w, b: IterationBatch, bag):
     cfg = w.cfg
-    t = ctx["tensors"]
-    n = t["input_ids"].shape[0]
-    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + ctx["step"])
+    t = b.tensors
+    n = t.input_ids.shape[0]
+    gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + b.step)
     tokens = 0
-    _choose_update_rows(w, ctx, bag)
-    bag.add("perf/fused_update", float("rollout_logits" in ctx))
-    if "rollout_logits" in ctx and cfg.trainer.micro_batch_size < n:
+    _choose_update_rows(w, b, bag)
+    bag.add("perf/fused_update", float(b.rollout_logits is not None))
+    if b.rollout_logits is not None and cfg.trainer.micro_batch_size < n:
         raise RuntimeError(f"the rollout's graph covers {n} samples but trainer.micro_batch_size is "
                            f"{cfg.trainer.micro_batch_size}: set trainer.fused_update=off")
     for _ in range(cfg.trainer.ppo_epochs):
         for mb in _minibatches(n, cfg.trainer.mini_batches, gen):
             for micro in mb.split(cfg.trainer.micro_batch_size):
-                inside = _computed_rows(ctx, micro)
-                loss, m = _micro_loss(w, ctx, micro, inside, bag)
-                # DeepSpeed divides by its accumulation steps; weight by micro-batch share instead.
-                w.actor.micro_step(loss * (len(micro) / len(mb)) * w.actor.grad_accum)
-                weight = float(t["response_mask"][micro].sum())
-                tokens += int(t["attention_mask"][micro[inside]].sum())
+                inside = _computed_rows(b, micro)
+                loss, m = _micro_loss(w, b, micro, inside, bag)
+                w.actor.accumulate(loss, len(micro) / len(mb))
+                weight = float(t.response_mask[micro].sum())
+                tokens += int(t.attention_mask[micro[inside]].sum())
                 for k, v in m.items():
                     bag.add(k, v, weight=weight)
             bag.add("actor/grad_norm", w.actor.grad_norm())
-    ctx.pop("rollout_logits", None)  # its graph is spent; the context outlives the iteration
+    b.rollout_logits = None  # its graph is spent
     bag.add("actor/lr", w.actor.current_lr())
     bag.add("perf/train_tokens", tokens, reduce="sum")
 
 
-def node_sync(w, ctx, bag):
+def node_sync(w, b: IterationBatch, bag):
     w.rollout.sync_weights(w.actor.named_weights())

@@ -16,14 +16,17 @@ import numpy as np
 import torch
 
 from siirl_core import checkpoint as ckpt
+from siirl_core.batch import IterationBatch
 from siirl_core.config import SiirlConfig, from_dict, to_dict
 from siirl_core.data import build_task
-from siirl_core.distributed import all_gather, barrier, cpu_cores_for, init_process_group, rank_device
+from siirl_core.distributed import all_gather, barrier, init_process_group, rank_device
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import resolve_pipeline, run_iteration
+from siirl_core.policy import TrainedEngine, TrainedPolicy
 from siirl_core.evaluation import evaluate_sampled, greedy_correct
 from siirl_core.rollout.base import RolloutEngine, SamplingConfig
+from siirl_core.rollout.engines import build_rollout_engine
 from siirl_core.algorithms.kl import AdaptiveKLController, FixedKLController
 from siirl_core.rewards import build_reward_scorer
 from siirl_core.rng import load_rng_state, save_rng_state
@@ -40,11 +43,13 @@ def build_kl_controller(algo):
 
 
 class RankWorker:
-    def __init__(self, cfg: dict, model_path: str, rank: int, world_size: int,
+    batch_type = IterationBatch  # what run_iteration hands the pipeline's nodes
+
+    def __init__(self, cfg: dict, model_path: str | dict[str, str], rank: int, world_size: int,
                  master_addr: str = "127.0.0.1", master_port: int = 29500,
                  local_rank: int = 0, local_world_size: int = 1):
         self.cfg: SiirlConfig = from_dict(cfg)
-        self.model_path = model_path
+        self.model_path = model_path  # the policy's HF directory; multi-agent: {policy id: directory}
         self.rank, self.world_size = rank, world_size
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.master = (master_addr, master_port)
@@ -64,11 +69,16 @@ class RankWorker:
         self.reward = build_reward_scorer(cfg.reward, self.task)
         module = load_causal_lm(self.model_path)
         self.actor = self._build_actor(module)
+        self.policy = TrainedPolicy(self.actor, cfg.trainer.lr, "engine", "policy", self.tokenizer, "policy")
+        self.trained = [self.policy]
         self.ref_module = None
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
             self.ref_module = load_causal_lm(self.model_path).to(self.device).eval().requires_grad_(False)
         self.rollout = self._build_rollout()
-        self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
+        self.critic = None
+        if cfg.algorithm.adv_estimator == "gae":
+            self.critic = self._build_critic()
+            self.trained.append(TrainedEngine(self.critic.actor, cfg.critic.lr, "critic"))
         self.kl_ctrl = build_kl_controller(cfg.algorithm)
         self.pipeline = resolve_pipeline(cfg)
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
@@ -120,16 +130,8 @@ class RankWorker:
                       world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
 
     def _build_rollout(self) -> RolloutEngine:
-        r = self.cfg.rollout
-        if r.backend == "vllm":
-            from siirl_core.rollout.vllm_engine import VLLMRollout
-            cores = None if torch.cuda.is_available() else cpu_cores_for(
-                self.local_rank, self.cfg.cluster.threads_per_worker)
-            return VLLMRollout(self.model_path, eos_id=self.tokenizer.eos_token_id, seed=self.cfg.trainer.seed,
-                               kv_cache_gib=r.kv_cache_gib, cpu_cores=cores, enforce_eager=r.enforce_eager)
-        from siirl_core.rollout.hf_engine import HFRollout
-        return HFRollout(self.actor.module, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id,
-                         grouped=r.grouped_decode)
+        return build_rollout_engine(self.cfg, self.tokenizer, self.model_path, self.cfg.trainer.seed,
+                                    module=self.actor.module, local_rank=self.local_rank)
 
     # --- iterations ---------------------------------------------------------
     def run_until(self, step: int) -> dict:
@@ -140,7 +142,7 @@ class RankWorker:
             raise RuntimeError(f"rank {self.rank}: step {step} already applied (at step {self.step})")
         metrics = {}
         while self.step < step:
-            bag = run_iteration(self, self.step + 1, self.pipeline)
+            bag = run_iteration(self, self.step + 1, self.pipeline, self.batch_type)
             self.step += 1
             metrics = self._finish_metrics(bag)
         return metrics
@@ -202,8 +204,7 @@ class RankWorker:
             if self.rank == 0:
                 with open(os.path.join(staging, "state.json"), "w") as f:
                     # Prompts are a function of (seed, step): the next step is the data position.
-                    json.dump({"step": self.step, "next_data_step": self.step + 1,
-                               "kl_reward_coef": self.kl_ctrl.value}, f)
+                    json.dump({"step": self.step, "next_data_step": self.step + 1, **self._run_state()}, f)
             try:
                 files = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries,
                                            backoff_s=st.retry_backoff_s)
@@ -236,24 +237,25 @@ class RankWorker:
         problem = ckpt.space_shortage(paths, int(self._save_bytes * 1.1))
         return f"rank {self.rank}: {problem}" if problem else ""
 
+    def _run_state(self) -> dict:
+        """What state.json keeps beside the step: the adaptive KL coefficient moves every
+        step, and a replay must start where it was."""
+        return {"kl_reward_coef": self.kl_ctrl.value}
+
+    def _restore_run_state(self, state: dict) -> None:
+        self.kl_ctrl.value = state.get("kl_reward_coef", self.kl_ctrl.value)
+
     def _stage_models(self, staging: str) -> None:
-        """Every engine's state (each rank its shards) and the policy as an HF directory."""
-        self.actor.engine.save_checkpoint(os.path.join(staging, "engine"), tag="state")
-        if self.critic is not None:
-            self.critic.engine.save_checkpoint(os.path.join(staging, "critic"), tag="state")
-        self.export(os.path.join(staging, "policy"))
+        """Every engine's state (each rank its shards) and each policy as an HF directory."""
+        for part in self.trained:
+            part.stage(staging, self.rank)
 
     def _is_engine_file(self, rel: str) -> bool:
-        return rel.startswith(("engine/", "critic/"))
+        return any(part.owns(rel) for part in self.trained)
 
     def _load_models(self, staging: str) -> None:
-        self.actor.engine.load_checkpoint(os.path.join(staging, "engine"), tag="state",
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
-        self.actor.set_base_lr(self.cfg.trainer.lr)
-        if self.critic is not None:
-            self.critic.engine.load_checkpoint(os.path.join(staging, "critic"), tag="state",
-                                               load_optimizer_states=True, load_lr_scheduler_states=True)
-            self.critic.actor.set_base_lr(self.cfg.critic.lr)
+        for part in self.trained:
+            part.load(staging)
 
     def _wanted(self, rel: str) -> bool:
         # This rank's optimizer shard and RNG, plus what every rank loads (model states).
@@ -286,8 +288,7 @@ class RankWorker:
             self._load_models(staging)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
             with open(os.path.join(staging, "state.json")) as f:
-                # The adaptive KL coefficient moves every step; the replay must start where it was.
-                self.kl_ctrl.value = json.load(f).get("kl_reward_coef", self.kl_ctrl.value)
+                self._restore_run_state(json.load(f))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._after_restore()
@@ -300,13 +301,7 @@ class RankWorker:
     def export(self, out_dir: str) -> str:
         """The policy as an HF-format directory (loads in transformers and vLLM). Every
         rank must call it (ZeRO-3 gathers parameters collectively); rank 0 writes."""
-        state = dict(self.actor.named_weights())
-        if self.rank != 0:
-            return out_dir
-        os.makedirs(out_dir, exist_ok=True)
-        self.actor.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-        self.tokenizer.save_pretrained(out_dir)
-        return out_dir
+        return self.policy.export(out_dir, self.rank)
 
     def current_step(self) -> int:
         return self.step

@@ -54,11 +54,12 @@ def sample_and_score(cfg: SiirlConfig, model_dir: str) -> dict:
     from siirl_core.evaluation import evaluate_sampled, greedy_correct
     from siirl_core.models import load_tokenizer
     from siirl_core.rollout.base import SamplingConfig
+    from siirl_core.rollout.engines import build_rollout_engine
 
     ev = cfg.evaluate
     tokenizer = load_tokenizer(model_dir)
     task_ = build_task(cfg.task, tokenizer)
-    engine = _rollout_engine(cfg, model_dir, tokenizer)
+    engine = build_rollout_engine(cfg, tokenizer, model_dir, cfg.evaluate.seed)
     problems = task_.eval_set()
     sampling = SamplingConfig(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
@@ -70,21 +71,6 @@ def sample_and_score(cfg: SiirlConfig, model_dir: str) -> dict:
         results.update({f"val/{source}/{k}": v for k, v in scores.items()})
         results[f"val/{source}/prompts"] = count
     return results
-
-
-def _rollout_engine(cfg: SiirlConfig, model_dir: str, tokenizer):
-    if cfg.rollout.backend == "vllm":
-        from siirl_core.distributed import cpu_cores_for
-        from siirl_core.rollout.vllm_engine import VLLMRollout
-
-        return VLLMRollout(model_dir, eos_id=tokenizer.eos_token_id, seed=cfg.evaluate.seed,
-                           kv_cache_gib=cfg.rollout.kv_cache_gib,
-                           cpu_cores=cpu_cores_for(0, cfg.cluster.threads_per_worker),
-                           enforce_eager=cfg.rollout.enforce_eager)
-    from siirl_core.models import load_causal_lm
-    from siirl_core.rollout.hf_engine import HFRollout
-
-    return HFRollout(load_causal_lm(model_dir).eval(), pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
 
 
 def results_name(cfg: SiirlConfig) -> str:

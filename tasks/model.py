@@ -1,33 +1,14 @@
 """Tasks that prepare the policy: the base model and the supervised warm start."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from siirl_core.config import SiirlConfig, to_dict
+from siirl_core.config import SiirlConfig
 from siirl_core.data import build_task
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def base_model_dir(cfg: SiirlConfig) -> str:
-    if cfg.model.path:
-        return cfg.model.path
-    task = build_task(cfg.task)
-    key = _key(cfg.model.size, cfg.model.architecture, task.alphabet, cfg.trainer.seed)
-    return os.path.join(cfg.storage.cache_dir, f"base-{cfg.model.architecture}-{cfg.model.size}-{key}")
-
-
-def warm_start_dir(cfg: SiirlConfig) -> str:
-    d = to_dict(cfg)
-    key = _key(base_model_dir(cfg), d["task"], d["sft"])
-    return os.path.join(cfg.storage.cache_dir, f"sft-{cfg.model.size}-{key}")
+from siirl_core.model_cache import agent_base_dir, base_model_dir
 
 
 @task(cache_policy=NO_CACHE)
@@ -81,11 +62,10 @@ def make_agent_base_model(cfg: SiirlConfig, pid: str, index: int) -> str:
     from siirl_core.agents.config_checks import policy_alphabet
     from siirl_core.models import create_tiny_model
 
-    spec, alphabet = cfg.agents.policy(pid), policy_alphabet(cfg)
-    seed = cfg.trainer.seed + index
-    out = os.path.join(cfg.storage.cache_dir,
-                       f"agent-base-{spec.size}-{_key(alphabet, spec.size, cfg.model.architecture, seed)}")
+    alphabet = policy_alphabet(cfg)
+    out, seed = agent_base_dir(cfg, alphabet, pid, index)
     if not os.path.isfile(os.path.join(out, "config.json")):
-        create_tiny_model(out + ".tmp", alphabet, size=spec.size, architecture=cfg.model.architecture, seed=seed)
+        create_tiny_model(out + ".tmp", alphabet, size=cfg.agents.policy(pid).size,
+                          architecture=cfg.model.architecture, seed=seed)
         os.replace(out + ".tmp", out)
     return out

@@ -21,11 +21,6 @@ def record_ranks(group, run_dir: str) -> None:
         json.dump(group.info, f, indent=1)
 
 
-def _candidates(cfg: SiirlConfig, resume: str, upto: int | None = None) -> list[tuple[int, str]]:
-    return ckpt.resume_candidates(cfg.checkpoint_root, resume, cfg.storage.endpoint_url, upto,
-                                  world_size=cfg.cluster.n_workers)
-
-
 def restore_newest(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -> int:
     """Restore every rank from the first of `candidates` that loads; returns its step (0 if
     there are none). A checkpoint whose files fail their checksum on download is skipped for
@@ -54,9 +49,9 @@ def recover(group, cfg: SiirlConfig, step: int, what: str) -> None:
     record_ranks(group, cfg.run_dir)
     logger.warning("retry %d of %s: rebuilt the rank group (%s)", task_run.run_count - 1, what,
                    ", ".join(f"rank {i['rank']} pid {i['pid']}" for i in group.info))
-    restored = restore_newest(group, cfg, _candidates(cfg, "auto", upto=step))
-    if restored == 0 and cfg.trainer.resume not in ("auto", "never"):  # where this run started from
-        restored = restore_newest(group, cfg, _candidates(cfg, cfg.trainer.resume))
+    candidates = ckpt.recovery_candidates(cfg.checkpoint_root, cfg.trainer.resume, step, cfg.storage.endpoint_url,
+                                          world_size=cfg.cluster.n_workers)
+    restored = restore_newest(group, cfg, candidates)
     logger.warning("restored every rank from checkpoint step %d, replaying steps %d..%d",
                    restored, restored + 1, step)
 
@@ -87,7 +82,8 @@ def save_checkpoint(group, cfg: SiirlConfig, step: int, metrics: dict) -> str:
 @task(cache_policy=NO_CACHE, task_run_name="find-checkpoint")
 def find_checkpoint(cfg: SiirlConfig) -> list[tuple[int, str]]:
     """Before any compute: a storage fault or a bad trainer.resume stops the run here."""
-    return _candidates(cfg, cfg.trainer.resume)
+    return ckpt.resume_candidates(cfg.checkpoint_root, cfg.trainer.resume, cfg.storage.endpoint_url,
+                                  world_size=cfg.cluster.n_workers)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="restore")

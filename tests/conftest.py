@@ -52,11 +52,11 @@ def rank_worker(warm_model):
     return worker
 
 
-def watch_batches(worker, seen: list | None = None) -> list[dict]:
+def watch_batches(worker, seen: list | None = None) -> list:
     """Append a pipeline node (as a user's custom node would be) that keeps each
-    iteration's context after every other node ran; returns the list it fills."""
+    iteration's batch after every other node ran; returns the list it fills."""
     seen = [] if seen is None else seen
-    worker.pipeline = [*worker.pipeline, lambda _w, ctx, _bag: seen.append(ctx)]
+    worker.pipeline = [*worker.pipeline, lambda _w, batch, _bag: seen.append(batch)]
     return seen
 
 

@@ -4,7 +4,7 @@ the alternating schedule."""
 import pytest
 
 from siirl_core.agents.config_checks import policy_alphabet
-from siirl_core.agents.worker import MultiAgentWorker, trainable_policies
+from siirl_core.agents.worker import MultiAgentWorker
 from siirl_core.compose import compose_config
 from siirl_core.config import to_dict
 from siirl_core.models import create_tiny_model
@@ -17,7 +17,7 @@ def make_worker(tmp_path, overrides: list[str]) -> MultiAgentWorker:
     cfg = compose_config(overrides)
     paths = {pid: create_tiny_model(str(tmp_path / pid), policy_alphabet(cfg), size=cfg.agents.policy(pid).size,
                                     seed=cfg.trainer.seed + i)
-             for i, pid in enumerate(trainable_policies(cfg.agents))}
+             for i, pid in enumerate(cfg.agents.trained_policies())}
     worker = MultiAgentWorker(to_dict(cfg), paths, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
     return worker
@@ -73,7 +73,7 @@ def test_debate_rounds_with_policies_of_different_sizes(tmp_path):
     seen = watch_batches(w)
     m = w.run_until(1)
     assert m["perf/rollout_tokens"] == 16 * 8 * 2 * 2  # starts x episodes x rounds x agents, one token each
-    bob = [t for t in seen[-1]["turns"] if t.agent == "bob"]
+    bob = [t for t in seen[-1].turns if t.agent == "bob"]
     first, second = bob[0], bob[len(bob) // 2]  # episode 0 in round 1, then in round 2
     # Round 1: bob sees alice's move; round 2: all three earlier moves.
     assert len(w.policies["bob"].tokenizer.decode(first.prompt_ids, skip_special_tokens=True)) == len("M?:")

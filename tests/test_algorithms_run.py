@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from siirl_core.batch import IterationBatch
 from siirl_core.compose import compose_config
 from siirl_core.config import ConfigError, to_dict
 from siirl_core.pipeline import resolve_pipeline
@@ -81,9 +82,12 @@ def test_rollout_correction_is_measured_when_on(algo_worker):
 def test_user_node_in_the_pipeline(algo_worker, tmp_path):
     path = tmp_path / "my_nodes.py"
     path.write_text(textwrap.dedent("""
-        def flip_scores(worker, ctx, bag):
-            ctx["scores"] = 1.0 - ctx["scores"]  # reward the wrong answers
-            bag.add("custom/flipped_mean", float(ctx["scores"].mean()))
+        from siirl_core.batch import declared
+
+        @declared(reads=("scores",), writes=("scores",))
+        def flip_scores(worker, batch, bag):
+            batch.scores = 1.0 - batch.scores  # reward the wrong answers
+            bag.add("custom/flipped_mean", float(batch.scores.mean()))
     """))
     nodes = ["rollout", "reward", f"{path}:flip_scores", "old_logprobs", "ref_logprobs", "advantage", "update",
              "sync"]
@@ -100,7 +104,7 @@ def test_dynamic_sampling_keeps_only_informative_groups(algo_worker):
     # From the warm start: after the tests before it (lr 1e-3, one of them rewarding wrong
     # answers) the policy may be too sure of itself to give 8 informative groups in 8 rounds.
     algo_worker.actor.module.load_state_dict(algo_worker.warm_weights)
-    seen: list[dict] = []
+    seen: list = []
     try:
         m, moved = _run_one(algo_worker, seen=seen, adv_estimator="grpo", policy_loss="vanilla", dynamic_sampling=True,
                             max_sampling_rounds=8, overlong_buffer=2, overlong_penalty_factor=0.5,
@@ -129,10 +133,10 @@ def test_dynamic_sampling_stops_at_its_bound_and_says_so(algo_worker, caplog):
     assert "only 0 of 8 groups had differing rewards after 2 rounds" in caplog.text
 
 
-def kept_group_rewards(ctx: dict) -> list[torch.Tensor]:
-    """The kept groups' rewards of an iteration (the node leaves them in its context)."""
-    g = ctx["tensors"]["group_index"]
-    return [ctx["scores"][g == i] for i in g.unique()]
+def kept_group_rewards(batch) -> list[torch.Tensor]:
+    """The kept groups' rewards of an iteration (the node leaves them in its batch)."""
+    g = batch.tensors.group_index
+    return [batch.scores[g == i] for i in g.unique()]
 
 
 def _reset(worker) -> None:
@@ -178,13 +182,13 @@ def test_on_policy_update_reuses_its_forward_as_the_old_logprobs(algo_worker):
 
     assert on_policy_single_update(compose_config([]))
     assert not on_policy_single_update(compose_config(["trainer.ppo_epochs=2"]))
-    ctx = {"step": algo_worker.step + 1}
-    node_rollout(algo_worker, ctx, MetricBag())
-    t = ctx["tensors"]
-    separate = compute_logprobs(algo_worker.actor.module, t["input_ids"], t["attention_mask"], t["response_len"], 64)
-    logits = response_logits(algo_worker.actor.engine, t["input_ids"], t["attention_mask"], t["response_len"])
-    in_update = logprobs_from_logits(logits, t["input_ids"][:, -t["response_len"]:]).detach()
-    mask = t["response_mask"]
+    batch = IterationBatch(step=algo_worker.step + 1)
+    node_rollout(algo_worker, batch, MetricBag())
+    t = batch.tensors
+    separate = compute_logprobs(algo_worker.actor.module, t.input_ids, t.attention_mask, t.response_len, 64)
+    logits = response_logits(algo_worker.actor.engine, t.input_ids, t.attention_mask, t.response_len)
+    in_update = logprobs_from_logits(logits, t.input_ids[:, -t.response_len:]).detach()
+    mask = t.response_mask
     torch.testing.assert_close(in_update * mask, separate * mask, rtol=0, atol=1e-5)
 
 

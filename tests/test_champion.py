@@ -41,3 +41,28 @@ def test_retention_keeps_a_promoted_checkpoint(tmp_path):
     champion.record_decision(str(tmp_path), _decision(ckpt.step_dir(str(tmp_path), 1), 1, 0.6, promoted=True))
     ckpt.apply_retention(str(tmp_path), keep_last=2)
     assert [s for s, _ in ckpt.complete_checkpoints(str(tmp_path))] == [1, 3, 4]
+
+
+def test_retraining_starts_from_the_champion_else_the_newest_else_the_warm_start(tmp_path):
+    from siirl_core.retraining import starting_point
+
+    root = str(tmp_path)
+    assert starting_point(root) == {"kind": "warm_start", "folder": "", "step": 0}
+    for step in (2, 4):
+        _fake_checkpoint(tmp_path, step)
+    _fake_checkpoint(tmp_path, 6, complete=False)  # killed mid-save
+    assert starting_point(root) == {"kind": "newest", "folder": ckpt.step_dir(root, 4), "step": 4}
+    champion.record_decision(root, _decision(ckpt.step_dir(root, 2), 2, 0.6, promoted=True))
+    assert starting_point(root) == {"kind": "champion", "folder": ckpt.step_dir(root, 2), "step": 2}
+
+
+def test_a_champion_that_is_not_a_complete_checkpoint_stops_retraining(tmp_path):
+    import pytest
+
+    from siirl_core.retraining import starting_point
+
+    _fake_checkpoint(tmp_path, 4)
+    broken = _fake_checkpoint(tmp_path, 2, complete=False)
+    champion.record_decision(str(tmp_path), _decision(broken, 2, 0.6, promoted=True))
+    with pytest.raises(FileNotFoundError, match=r"champion recorded in .*champion.json .* is not a complete checkpoint"):
+        starting_point(str(tmp_path))

@@ -120,3 +120,21 @@ def test_a_failed_upload_removes_what_it_wrote_and_nothing_else(tmp_path):
     left = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
     assert left == ["policy/model.safetensors/theirs.txt"]
     assert not os.path.exists(os.path.join(folder, "engine"))  # emptied, so removed
+
+
+def test_recovery_restores_the_newest_checkpoint_up_to_the_failed_step(tmp_path):
+    root = str(tmp_path / "run")
+    for step in (2, 4, 6):
+        _fake_checkpoint(root, step)
+    assert [s for s, _ in ckpt.recovery_candidates(root, "auto", 5)] == [4, 2]
+    assert [s for s, _ in ckpt.recovery_candidates(root, "auto", 6)] == [6, 4, 2]
+    assert ckpt.recovery_candidates(root, "auto", 1) == []  # replays from the start
+
+
+def test_recovery_before_the_first_save_returns_to_where_the_run_started(tmp_path):
+    origin = _fake_checkpoint(tmp_path / "earlier", 8)
+    root = str(tmp_path / "run")
+    assert ckpt.recovery_candidates(root, origin, 9) == [(8, origin)]
+    assert ckpt.recovery_candidates(root, "never", 9) == []
+    _fake_checkpoint(root, 10)  # once this run saved, its own checkpoints come first
+    assert [s for s, _ in ckpt.recovery_candidates(root, origin, 12)] == [10]

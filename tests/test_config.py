@@ -1,4 +1,5 @@
 """Bad configuration fails at composition time with a message naming the key."""
+import os
 import subprocess
 
 import pytest
@@ -95,3 +96,34 @@ def test_derived_numbers_by_hand():
     assert cfg.grad_accum() == 256 // 2 // 32 == 4  # micro-batches per mini-batch on one rank
     agents = compose_config(["agents=referential", "++agents.policies.speaker.lr=1e-4"])
     assert agents.policy_lr("speaker") == 1e-4 and agents.policy_lr("listener") == agents.trainer.lr
+
+
+def test_derived_settings_for_the_start_log_by_hand():
+    cfg = compose_config(["trainer.prompts_per_step=12", "rollout.n=4", "cluster.n_workers=2",
+                          "trainer.micro_batch_size=5", "trainer.mini_batches=2", "trainer.ppo_epochs=3",
+                          "trainer.lr=3e-4"])
+    # 12 prompts over 2 ranks = 6 each, x4 samples = 24 rows; a mini-batch of 12 rows in
+    # micro-batches of 5 is 3 micro-batches; 3 epochs x 2 mini-batches = 6 optimizer steps.
+    assert cfg.derived() == {"world_size": 2, "prompts_per_rank": 6, "samples_per_rank": 24,
+                             "optimizer_steps_per_iteration": 6, "grad_accum": 3, "lr": 3e-4}
+    agents = compose_config(["agents=referential", "++agents.policies.listener.lr=1e-3"])
+    assert agents.derived()["policy_lr"] == {"speaker": 2e-4, "listener": 1e-3}
+
+
+def test_validation_reads_data_files_and_imports_user_code_once(tmp_path):
+    from siirl_core.data import build_task
+    from tests.data_files import arithmetic_rows, write_jsonl
+
+    marks = tmp_path / "imported.txt"
+    reward = tmp_path / "my_reward.py"
+    reward.write_text(f"open({str(marks)!r}, 'a').write('x')\n"
+                      "def score(data_source, solution_str, ground_truth, extra_info):\n    return 0.0\n")
+    data = write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(40, "arith"))
+    overrides = ["task=file", f"task.train_files=[{data}]", "task.eval_size=4", f"reward.function={reward}:score"]
+    cfg = compose_config(overrides)
+    compose_config(overrides)  # a second flow of the same run composes again
+    assert marks.read_text() == "x"  # the user's file ran once in this process
+    first = build_task(cfg.task)
+    assert build_task(cfg.task) is first  # the validation's task, not a second read of the file
+    os.utime(data, ns=(0, 0))  # the file changed since
+    assert build_task(cfg.task) is not first

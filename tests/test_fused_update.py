@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from siirl_core.compose import compose_config
 from siirl_core.config import ConfigError, to_dict
 from siirl_core.models.loading import load_tokenizer
-from siirl_core.pipeline import pad_batch
+from siirl_core.batch import pad_rollout
 from siirl_core.rollout.base import SamplingConfig
 from siirl_core.rollout.decode import top_p_filter
 from siirl_core.rollout.hf_engine import HFRollout
@@ -40,10 +40,10 @@ def test_kept_logits_and_gradients_equal_a_fresh_forward_pass(model_and_tok, tem
     plain = engine.generate(prompts, sampling, seed=3)
     assert fused.response_ids == plain.response_ids and plain.train_logits is None
     assert fused.group_index == [0] * 4 + [1] * 4 + [2] * 4
-    t = pad_batch(fused, tok.pad_token_id)
-    fresh = response_logits(model, t["input_ids"], t["attention_mask"], t["response_len"], temperature)
-    kept = fused.train_logits[:, :t["response_len"]]
-    mask = t["response_mask"][..., None]
+    t = pad_rollout(fused, tok.pad_token_id)
+    fresh = response_logits(model, t.input_ids, t.attention_mask, t.response_len, temperature)
+    kept = fused.train_logits[:, :t.response_len]
+    mask = t.response_mask[..., None]
     torch.testing.assert_close(kept * mask, fresh * mask, rtol=0, atol=1e-5)
     params = list(model.parameters())
     g_kept = torch.autograd.grad((kept * mask).square().sum(), params)
@@ -117,9 +117,9 @@ def test_fused_update_takes_the_same_step_without_a_forward_pass(warm_model, ran
     fused_seen, plain_seen = watch_batches(fused), watch_batches(plain)
     m_fused, m_plain = fused.run_until(1), plain.run_until(1)
     # Same samples, one forward pass fewer (the update's), the same loss and step.
-    assert fused_seen[-1]["rollout"].response_ids == plain_seen[-1]["rollout"].response_ids
+    assert fused_seen[-1].rollout.response_ids == plain_seen[-1].rollout.response_ids
     assert len(fused_calls) == len(plain_calls) - 1
-    assert "rollout_logits" not in fused_seen[-1]  # the graph is released after the update
+    assert fused_seen[-1].rollout_logits is None  # the graph is released after the update
     for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "reward/mean"):
         assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
     plain_w, fused_w = dict(plain.actor.module.named_parameters()), dict(fused.actor.module.named_parameters())

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from siirl_core.data.arithmetic import ALPHABET
 from siirl_core.models.tokenizer import build_char_tokenizer
-from siirl_core.pipeline import pad_batch
+from siirl_core.batch import pad_rollout
 from siirl_core.rollout.base import SamplingConfig
 from siirl_core.rollout.decode import CacheDecoder, decoder_for
 from siirl_core.rollout.grouped_decode import GroupedDecoder, grouped_decode_blocker
@@ -45,11 +45,11 @@ def test_logits_and_gradients_equal_a_plain_forward_pass(name):
     engine = HFRollout(model, pad_id=TOK.pad_token_id, eos_id=TOK.eos_token_id)
     sampling = SamplingConfig(n=4, temperature=0.8, max_new_tokens=7)
     fused = engine.generate(_prompts(), sampling, seed=5, keep_graph=True)
-    t = pad_batch(fused, TOK.pad_token_id)
+    t = pad_rollout(fused, TOK.pad_token_id)
     model.train()
-    fresh = response_logits(model, t["input_ids"], t["attention_mask"], t["response_len"], 0.8)
-    kept = fused.train_logits[:, :t["response_len"]]
-    mask = t["response_mask"][..., None]
+    fresh = response_logits(model, t.input_ids, t.attention_mask, t.response_len, 0.8)
+    kept = fused.train_logits[:, :t.response_len]
+    mask = t.response_mask[..., None]
     torch.testing.assert_close(kept * mask, fresh * mask, rtol=0, atol=1e-5)
     weights = torch.randn_like(fresh)  # an arbitrary loss reaching every logit
     params = list(model.parameters())
@@ -60,7 +60,7 @@ def test_logits_and_gradients_equal_a_plain_forward_pass(name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {pname}: {m}")
     # Left padding feeds pad tokens, whose embedding row nn.Embedding never updates (a tied
     # row still gets the LM head's gradient, compared above).
-    assert (t["input_ids"] == TOK.pad_token_id).any()
+    assert (t.input_ids == TOK.pad_token_id).any()
     embed_grad = g_kept[params.index(model.get_input_embeddings().weight)]
     assert (embed_grad[TOK.pad_token_id].abs().sum() == 0) != VARIANTS[name].tie_word_embeddings
 

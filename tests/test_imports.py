@@ -95,3 +95,19 @@ def test_layers():
             above = {t for t in edges[module] if not t.startswith("siirl_core")}
             outside = {n for n in raw[module] if n.split(".")[0] in ("prefect", "dask", "distributed")}
             assert not above and not outside, (module, above, outside)
+
+
+def test_rules_live_beside_their_owners():
+    """The checks module knows the schema and the registries of names, not the engine
+    parts: their rules register themselves (siirl_core.config_rules)."""
+    from siirl_core.compose import compose_config
+    from siirl_core.config_rules import OWNERS, registered_rules
+
+    edges, _ = _graph()
+    engine = ("siirl_core.data", "siirl_core.rewards", "siirl_core.pipeline", "siirl_core.training",
+              "siirl_core.agents")
+    assert not {t for t in edges["siirl_core.config_checks"] if t.startswith(engine)}
+    assert edges["siirl_core.config_rules"] == {"siirl_core.config"}
+    compose_config([])
+    assert set(registered_rules()) == {"trainer.fused_update", "task", "reward", "algorithm.pipeline", "agents"}
+    assert all(owner.startswith(engine) for owner in OWNERS)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from siirl_core.batch import IterationBatch
 from siirl_core.compose import compose_config
 from siirl_core.metrics import MetricBag
 from siirl_core.pipeline import node_advantage
@@ -25,10 +26,11 @@ def _advantages(estimator: str, kl_in_reward: bool) -> torch.Tensor:
                           "algorithm.kl_estimator=k1", "algorithm.kl_reward_coef=0.1"])
     w = SimpleNamespace(cfg=cfg, kl_ctrl=build_kl_controller(cfg.algorithm), world_size=1)
     ref = torch.full_like(KL, -1.0)
-    ctx = {"scores": torch.tensor(SCORES), "old_log_probs": ref + KL, "ref_log_probs": ref,
-           "tensors": {"response_mask": MASK, "group_index": torch.tensor(GROUPS)}}
-    node_advantage(w, ctx, MetricBag())
-    return ctx["advantages"]
+    tensors = SimpleNamespace(response_mask=MASK, group_index=torch.tensor(GROUPS))
+    batch = IterationBatch(step=1, scores=torch.tensor(SCORES), old_log_probs=ref + KL, ref_log_probs=ref,
+                           tensors=tensors)
+    node_advantage(w, batch, MetricBag())
+    return batch.advantages
 
 
 def _grpo_by_hand(scores: list[float], std: bool) -> list[float]:

@@ -46,16 +46,16 @@ def test_leaving_zero_advantage_rows_out_takes_the_same_step(warm_model, rank_wo
     before = {n: p.detach().clone() for n, p in every.actor.module.named_parameters()}
     skip_seen, every_seen = watch_batches(skip), watch_batches(every)
     m_skip, m_every = skip.run_until(1), every.run_until(1)
-    assert skip_seen[-1]["rollout"].response_ids == every_seen[-1]["rollout"].response_ids
-    active = int((skip_seen[-1]["advantages"] != 0).any(-1).sum())
+    assert skip_seen[-1].rollout.response_ids == every_seen[-1].rollout.response_ids
+    active = int((skip_seen[-1].advantages != 0).any(-1).sum())
     assert 0 < active < 64  # this batch has groups that scored alike, and groups that did not
     assert m_skip["perf/zero_advantage_rows"] == 64 - active
     if fused == "off":
         assert every_rows == [64] and skip_rows == [active]
     else:  # the graph covers all 64 rows; dropped when `active` rows' own passes cost less
-        t = skip_seen[-1]["tensors"]
-        width = t["input_ids"].shape[1]
-        keeps = fused_backward_cheaper(active, 64, 8, width - t["response_len"], width, t["response_len"])
+        t = skip_seen[-1].tensors
+        width = t.input_ids.shape[1]
+        keeps = fused_backward_cheaper(active, 64, 8, width - t.response_len, width, t.response_len)
         assert m_skip["perf/fused_update"] == float(keeps) and m_every["perf/fused_update"] == 1.0
         assert skip_rows == ([] if keeps else [active]) and every_rows == []
     for key in ("actor/pg_loss", "actor/grad_norm", "reward/mean", "actor/clipfrac", "actor/ratio_mean"):

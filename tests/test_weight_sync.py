@@ -2,6 +2,7 @@
 transformers generates from the updated weights."""
 import copy
 
+from siirl_core.batch import IterationBatch
 from siirl_core.data import ArithmeticTask
 from siirl_core.models import load_causal_lm
 from siirl_core.rollout.base import SamplingConfig
@@ -39,16 +40,16 @@ def test_rollout_logprobs_match_trainer(rank_worker):
     from siirl_core.training.logprobs import compute_logprobs
 
     bag = MetricBag()
-    ctx = {"step": rank_worker.step + 1}
-    node_rollout(rank_worker, ctx, bag)
-    t = ctx["tensors"]
-    trainer_lp = compute_logprobs(rank_worker.actor.module, t["input_ids"], t["attention_mask"], t["response_len"],
+    batch = IterationBatch(step=rank_worker.step + 1)
+    node_rollout(rank_worker, batch, bag)
+    t = batch.tensors
+    trainer_lp = compute_logprobs(rank_worker.actor.module, t.input_ids, t.attention_mask, t.response_len,
                                   64)
-    weights = _record_mismatch(rank_worker, trainer_lp, t["rollout_log_probs"], t["response_mask"], bag)
+    weights = _record_mismatch(rank_worker, trainer_lp, t.rollout_log_probs, t.response_mask, bag)
     assert bag.local()["rollout/logprob_abs_diff"] < 1e-3
     # Truncated IS weights (on by default for vLLM) are ~1 where the two agree.
     assert abs(bag.local()["rollout/is_weight_mean"] - 1) < 1e-3 and weights.shape == trainer_lp.shape
     # Real log-probs, not zeros: the sampled tokens are not all certain.
-    rollout_lp = ctx["tensors"]["rollout_log_probs"]
+    rollout_lp = batch.tensors.rollout_log_probs
     assert rollout_lp.min() < -0.01
-    assert ctx["tensors"]["response_mask"].sum() > 0
+    assert batch.tensors.response_mask.sum() > 0

@@ -6,6 +6,7 @@ import os
 import string
 
 from siirl_core.config import ConfigError
+from siirl_core.config_rules import config_rule
 
 
 def _literal_chars(template: str) -> str:
@@ -43,12 +44,16 @@ def _check_agent(i: int, a, names: list[str], policies: dict) -> None:
                           f"(got {a.max_new_tokens}, {a.temperature})")
 
 
+@config_rule("agents")
 def validate_agents(cfg) -> None:
+    """The agents group of a multi-agent run (agents.env set)."""
     from siirl_core.agents.credit import CREDIT_ASSIGNMENTS, OUTCOME_ESTIMATORS
     from siirl_core.agents.envs import ENVIRONMENTS
     from siirl_core.models.factory import SIZES
 
     a = cfg.agents
+    if not a.env:
+        return
     if a.env not in ENVIRONMENTS:
         raise ConfigError(f"agents.env={a.env!r} is not allowed; expected one of {ENVIRONMENTS.names()}")
     names = [x.name for x in a.agents]

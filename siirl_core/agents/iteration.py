@@ -1,6 +1,8 @@
-"""One multi-agent iteration as pipeline nodes over a rank's context: play the
+"""One multi-agent iteration as pipeline nodes over a rank's `EpisodeBatch`: play the
 episodes of this rank's starts, assign credit, update each policy on its agents' turns."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -8,12 +10,23 @@ from siirl_core.agents.credit import CREDIT_ASSIGNMENTS
 from siirl_core.agents.episodes import allowed_mask, restrict, run_episodes
 from siirl_core.algorithms import ADVANTAGE_ESTIMATORS
 from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
+from siirl_core.batch import Node, pad_rollout
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
-from siirl_core.pipeline import pad_batch
 from siirl_core.rollout.base import RolloutBatch
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.logprobs import response_logits
+
+
+@dataclass
+class EpisodeBatch:
+    """One multi-agent iteration's data on a rank (E episodes, A agents)."""
+
+    step: int
+    turns: list | None = None  # every policy turn played (episodes.Turn), in play order
+    outcomes: list | None = None  # [E] envs.Outcome: per-agent and team rewards
+    group_index: torch.Tensor | None = None  # [E] which start each episode plays
+    advantages: torch.Tensor | None = None  # [E, A] per episode and agent (agents in config order)
 
 
 def episode_seed(w, step: int) -> int:
@@ -31,16 +44,16 @@ def record_outcomes(bag: MetricBag, prefix: str, agent_names: list[str], outcome
         bag.add(f"{prefix}{key}", sum(o.stats.get(key, 0.0) for o in outcomes) / max(n, 1), weight=n)
 
 
-def node_episodes(w, ctx, bag):
+def node_episodes(w, b: EpisodeBatch, bag):
     cfg, a = w.cfg, w.cfg.agents
-    starts = shard(w.env.starts(cfg.trainer.seed, ctx["step"], cfg.trainer.prompts_per_step), w.rank, w.world_size)
+    starts = shard(w.env.starts(cfg.trainer.seed, b.step, cfg.trainer.prompts_per_step), w.rank, w.world_size)
     turns, transcripts = run_episodes(w.env, starts, cfg.rollout.n, a.agents, a.graph, a.rounds, w.policies,
-                                      episode_seed(w, ctx["step"]))
+                                      episode_seed(w, b.step))
     episodes = [starts[e // cfg.rollout.n] for e in range(len(transcripts))]
-    ctx["turns"], ctx["outcomes"] = turns, [w.env.outcome(s, t) for s, t in zip(episodes, transcripts)]
-    ctx["group_index"] = torch.tensor([e // cfg.rollout.n for e in range(len(episodes))])
-    record_outcomes(bag, "", w.agent_names, ctx["outcomes"])
-    bag.add("reward/accuracy", sum(o.success for o in ctx["outcomes"]) / len(episodes), weight=len(episodes))
+    b.turns, b.outcomes = turns, [w.env.outcome(s, t) for s, t in zip(episodes, transcripts)]
+    b.group_index = torch.tensor([e // cfg.rollout.n for e in range(len(episodes))])
+    record_outcomes(bag, "", w.agent_names, b.outcomes)
+    bag.add("reward/accuracy", sum(o.success for o in b.outcomes) / len(episodes), weight=len(episodes))
     for name in w.agent_names:
         lengths = [len(t.response_ids) for t in turns if t.agent == name]
         if lengths:
@@ -48,13 +61,13 @@ def node_episodes(w, ctx, bag):
     bag.add("perf/rollout_tokens", sum(len(t.response_ids) for t in turns), reduce="sum")
 
 
-def node_credit(w, ctx, bag):
+def node_credit(w, b: EpisodeBatch, bag):
     """Advantages [episodes, agents] by the configured credit assignment."""
     names = w.agent_names
-    rewards = torch.tensor([[o.rewards[n] for n in names] for o in ctx["outcomes"]], dtype=torch.float32)
-    team = torch.tensor([o.team for o in ctx["outcomes"]], dtype=torch.float32)
+    rewards = torch.tensor([[o.rewards[n] for n in names] for o in b.outcomes], dtype=torch.float32)
+    team = torch.tensor([o.team for o in b.outcomes], dtype=torch.float32)
     assign = CREDIT_ASSIGNMENTS.get(w.cfg.agents.credit)
-    ctx["advantages"] = assign(rewards, team, ctx["group_index"], ADVANTAGE_ESTIMATORS.get(w.cfg.algorithm.adv_estimator))
+    b.advantages = assign(rewards, team, b.group_index, ADVANTAGE_ESTIMATORS.get(w.cfg.algorithm.adv_estimator))
 
 
 def policies_to_update(w, step: int) -> list[str]:
@@ -64,12 +77,12 @@ def policies_to_update(w, step: int) -> list[str]:
     return trainable
 
 
-def node_update(w, ctx, bag):
+def node_update(w, b: EpisodeBatch, bag):
     column = {n: i for i, n in enumerate(w.agent_names)}
     tokens = 0
-    for pid in policies_to_update(w, ctx["step"]):
-        turns = [t for t in ctx["turns"] if t.policy == pid]
-        adv = torch.tensor([float(ctx["advantages"][t.episode, column[t.agent]]) for t in turns])
+    for pid in policies_to_update(w, b.step):
+        turns = [t for t in b.turns if t.policy == pid]
+        adv = torch.tensor([float(b.advantages[t.episode, column[t.agent]]) for t in turns])
         tokens += update_policy(w, pid, turns, adv, bag)
         bag.add(f"policy/{pid}/updated", 1.0)
     bag.add("perf/train_tokens", tokens, reduce="sum")
@@ -89,24 +102,31 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
     actor, tok = w.actors[pid], w.policies[pid].tokenizer
     rb = RolloutBatch([t.prompt_ids for t in turns], [t.response_ids for t in turns], [t.logprobs for t in turns],
                       [t.finished for t in turns], [t.episode for t in turns])
-    t = pad_batch(rb, tok.pad_token_id)
+    t = pad_rollout(rb, tok.pad_token_id)
     masks = _row_masks(w, pid, turns)  # [B, V]
     temperature = {a.name: a.temperature for a in w.cfg.agents.agents}
     temps = torch.tensor([temperature[x.agent] for x in turns])  # [B]
-    adv = advantages[:, None] * t["response_mask"]  # [B, R]
+    adv = advantages[:, None] * t.response_mask  # [B, R]
     n, micro_size, tokens = len(turns), w.cfg.trainer.micro_batch_size, 0
     for micro in torch.arange(n).split(micro_size):
-        logits = response_logits(actor.engine, t["input_ids"][micro], t["attention_mask"][micro], t["response_len"])
+        logits = response_logits(actor.engine, t.input_ids[micro], t.attention_mask[micro], t.response_len)
         dev = logits.device  # the actor's; the batch is built on the CPU
         logits = restrict(logits / temps[micro, None, None].to(dev), masks[micro].to(dev))  # [b, R, V]
-        lp = logprobs_from_logits(logits, t["input_ids"][micro][:, -t["response_len"]:].to(dev))
+        lp = logprobs_from_logits(logits, t.input_ids[micro][:, -t.response_len:].to(dev))
         loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro].to(dev),
-                                    t["response_mask"][micro].to(dev), w.cfg.algorithm)
-        actor.micro_step(loss * (len(micro) / n) * actor.grad_accum)
-        weight = float(t["response_mask"][micro].sum())
-        tokens += int(t["attention_mask"][micro].sum())
+                                    t.response_mask[micro].to(dev), w.cfg.algorithm)
+        actor.accumulate(loss, len(micro) / n)
+        weight = float(t.response_mask[micro].sum())
+        tokens += int(t.attention_mask[micro].sum())
         for k, v in m.items():
             bag.add(f"policy/{pid}/{k}", v, weight=weight)
     bag.add(f"policy/{pid}/actor/grad_norm", actor.grad_norm())
     bag.add(f"policy/{pid}/actor/lr", actor.current_lr())
     return tokens
+
+
+EPISODE_NODES = (
+    Node("episodes", node_episodes, (), ("turns", "outcomes", "group_index")),
+    Node("credit", node_credit, ("outcomes", "group_index"), ("advantages",)),
+    Node("update", node_update, ("turns", "advantages"), ()),
+)

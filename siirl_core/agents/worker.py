@@ -10,26 +10,18 @@ import socket
 
 from siirl_core.agents.envs import build_env
 from siirl_core.agents.episodes import Policy, run_episodes, schedule
-from siirl_core.agents.iteration import node_credit, node_episodes, node_update, record_outcomes
+from siirl_core.agents.iteration import EPISODE_NODES, EpisodeBatch, record_outcomes
 from siirl_core.data import build_task
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import timed
-from siirl_core.worker import RankWorker, build_kl_controller
-
-MA_PIPELINE = (("episodes", node_episodes), ("credit", node_credit), ("update", node_update))
-
-
-def trainable_policies(agents_cfg) -> list[str]:
-    """Policy ids in order of first use, scripted players excluded."""
-    out: list[str] = []
-    for a in agents_cfg.agents:
-        if a.policy != "scripted" and a.policy not in out:
-            out.append(a.policy)
-    return out
+from siirl_core.policy import TrainedPolicy
+from siirl_core.worker import RankWorker
 
 
 class MultiAgentWorker(RankWorker):
+    batch_type = EpisodeBatch
+
     def setup(self) -> dict:
         cfg = self.cfg
         self._init_distributed()
@@ -37,15 +29,14 @@ class MultiAgentWorker(RankWorker):
         task = build_task(cfg.task) if cfg.agents.env == "solver_verifier" else None
         self.env = build_env(cfg.agents, task)
         self.agent_names = [a.name for a in cfg.agents.agents]
-        self.actors, self.policies = {}, {}
-        for pid in trainable_policies(cfg.agents):
+        self.actors, self.policies, self.trained = {}, {}, []
+        for pid in cfg.agents.trained_policies():
             tokenizer = load_tokenizer(self.model_path[pid])
             self.actors[pid] = self._build_policy_actor(pid, load_causal_lm(self.model_path[pid]))
             self.policies[pid] = Policy(self.actors[pid].module, tokenizer)
-        self.tokenizer = self.policies[trainable_policies(cfg.agents)[0]].tokenizer
-        self.kl_ctrl = build_kl_controller(cfg.algorithm)  # unused; keeps state.json's shape
-        self.critic = None
-        self.pipeline = [timed(name, fn) for name, fn in MA_PIPELINE]
+            self.trained.append(TrainedPolicy(self.actors[pid], cfg.policy_lr(pid), f"policies/{pid}/engine", pid,
+                                              tokenizer, f"policies/{pid}/hf"))
+        self.pipeline = [timed(node.name, node.fn) for node in EPISODE_NODES]
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
                 "parameters": sum(a.total_parameters() for a in self.actors.values()),
                 "local_parameters": sum(a.local_parameters() for a in self.actors.values()),
@@ -57,7 +48,7 @@ class MultiAgentWorker(RankWorker):
         t, a = self.cfg.trainer, self.cfg.agents
         turns_per_episode = sum(1 for spec, _ in schedule(a.agents, a.graph, a.rounds) if spec.policy == pid)
         rows = self.cfg.samples_per_rank(self.world_size) * turns_per_episode
-        updates = t.steps if a.schedule == "simultaneous" else math.ceil(t.steps / len(trainable_policies(a)))
+        updates = t.steps if a.schedule == "simultaneous" else math.ceil(t.steps / len(a.trained_policies()))
         return DeepSpeedActor(
             module, lr=self.cfg.policy_lr(pid), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
             total_steps=updates, schedule=t.lr_schedule, zero_stage=t.zero_stage,
@@ -83,33 +74,20 @@ class MultiAgentWorker(RankWorker):
         bag.add("val/accuracy", sum(o.success for o in outcomes) / max(len(outcomes), 1), weight=len(outcomes))
         return bag.reduce()
 
-    # --- checkpoints: one engine and one HF export per policy -----------------
-    def _stage_models(self, staging: str) -> None:
-        for pid, actor in self.actors.items():
-            actor.engine.save_checkpoint(os.path.join(staging, "policies", pid, "engine"), tag="state")
-        self.export(os.path.join(staging, "policies"), subdir="hf")
+    # --- checkpoints: one engine and one HF export per policy (self.trained) ---
+    def _run_state(self) -> dict:
+        return {}
 
-    def _is_engine_file(self, rel: str) -> bool:
-        return rel.startswith("policies/") and rel.split("/")[2:3] == ["engine"]
-
-    def _load_models(self, staging: str) -> None:
-        for pid, actor in self.actors.items():
-            actor.engine.load_checkpoint(os.path.join(staging, "policies", pid, "engine"), tag="state",
-                                         load_optimizer_states=True, load_lr_scheduler_states=True)
-            actor.set_base_lr(self.cfg.policy_lr(pid))
+    def _restore_run_state(self, state: dict) -> None:
+        return None
 
     def _after_restore(self) -> None:
         return None  # episodes sample from the trained modules themselves
 
-    def export(self, out_dir: str, subdir: str = "") -> str:
-        """Each policy as an HF directory, out_dir/<policy id>[/subdir]. Every rank calls
-        it (ZeRO-3 gathers collectively); rank 0 writes."""
-        for pid, actor in self.actors.items():
-            state = dict(actor.named_weights())
-            if self.rank == 0:
-                target = os.path.join(out_dir, pid, subdir) if subdir else os.path.join(out_dir, pid)
-                os.makedirs(target, exist_ok=True)
-                actor.module.save_pretrained(target, state_dict=state, safe_serialization=True)
-                self.policies[pid].tokenizer.save_pretrained(target)
+    def export(self, out_dir: str) -> str:
+        """Each policy as an HF directory, out_dir/<policy id>. Every rank calls it (ZeRO-3
+        gathers collectively); rank 0 writes."""
+        for policy in self.trained:
+            policy.export(os.path.join(out_dir, policy.name), self.rank)
         return out_dir
 

@@ -10,6 +10,8 @@ import inspect
 import os
 from typing import Callable
 
+from siirl_core.config import ConfigError
+from siirl_core.config_rules import config_rule, one_of, positive
 from siirl_core.rewards.builtin import REWARDS
 
 SIGNATURE = "(data_source, solution_str, ground_truth, extra_info, **kwargs)"
@@ -19,10 +21,16 @@ class RewardFunctionError(ValueError):
     """reward.function cannot be used; the message says why."""
 
 
+_IMPORTED: dict[tuple[str, int], object] = {}  # user files run once per process while unchanged
+
+
 def _module_from_file(path: str, label: str):
     if not os.path.isfile(path):
         raise RewardFunctionError(f"{label}: file {path!r} does not exist")
-    name = "siirl_user_reward_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
+    version = (os.path.abspath(path), os.stat(path).st_mtime_ns)
+    if version in _IMPORTED:
+        return _IMPORTED[version]
+    name = "siirl_user_reward_" + hashlib.sha1(version[0].encode()).hexdigest()[:10]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -30,6 +38,7 @@ def _module_from_file(path: str, label: str):
     except Exception as err:  # the user's file failed to import: say so, with the cause
         raise RewardFunctionError(f"{label}: importing {path} failed: "
                                   f"{type(err).__name__}: {err}") from err
+    _IMPORTED[version] = module
     return module
 
 
@@ -74,3 +83,18 @@ def load_reward_function(spec_text: str, batched: bool = False, kwargs: dict | N
     except ValueError:
         pass  # builtins without an inspectable signature: trust them
     return fn
+
+
+@config_rule("reward")
+def _reward_rule(cfg) -> None:
+    r = cfg.reward
+    one_of("reward.on_error", r.on_error, {"score", "stop"})
+    positive("reward.timeout_s", r.timeout_s)
+    positive("reward.max_error_batches", r.max_error_batches)
+    if not 0 <= r.max_error_rate <= 1:
+        raise ConfigError(f"reward.max_error_rate={r.max_error_rate}: expected a share of samples in [0, 1]")
+    if r.function != "auto":
+        try:
+            load_reward_function(r.function, r.batched, r.kwargs)
+        except RewardFunctionError as err:
+            raise ConfigError(str(err)) from None

@@ -111,6 +111,12 @@ class DeepSpeedActor:
         """Parameter elements this rank holds: its shard under ZeRO-3, everything otherwise."""
         return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.module.parameters())
 
+    def accumulate(self, loss: torch.Tensor, share: float) -> None:
+        """Back-propagate a micro-batch's mean loss weighted by its `share` of the optimizer
+        step's rows. DeepSpeed divides every micro-batch's loss by its accumulation steps;
+        multiplying them back weights micro-batches of unequal size by their rows instead."""
+        self.micro_step(loss * share * self.grad_accum)
+
     def micro_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)  # gradients are all-reduced at the accumulation boundary
         if self.own_clipping and self.engine.is_gradient_accumulation_boundary():

@@ -9,6 +9,9 @@ held from sampling until the update, as one micro-batch of that size would hold 
 """
 from __future__ import annotations
 
+from siirl_core.config import ConfigError
+from siirl_core.config_rules import config_rule, one_of
+
 
 def on_policy_single_update(cfg) -> bool:
     """One optimizer step per batch: the old log-probs are the update's own forward pass
@@ -40,6 +43,15 @@ def fused_update_active(cfg) -> bool:
     """trainer.fused_update: on (an error if blocked, see config_checks.validate), off, or auto
     (on exactly when nothing blocks it)."""
     return cfg.trainer.fused_update != "off" and not fused_update_blockers(cfg)
+
+
+@config_rule("trainer.fused_update")
+def _fused_update_rule(cfg) -> None:
+    one_of("trainer.fused_update", cfg.trainer.fused_update, {"auto", "on", "off"})
+    blockers = fused_update_blockers(cfg)
+    if cfg.trainer.fused_update == "on" and blockers:
+        raise ConfigError("trainer.fused_update=on is not possible here: " + "; ".join(blockers)
+                          + " (use auto or off)")
 
 
 def skips_zero_advantage(cfg) -> bool:

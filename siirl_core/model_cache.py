@@ -1,0 +1,40 @@
+"""Where the generated base models and warm starts are cached (storage.cache_dir): one
+folder per combination of everything that changes their weights, so a change of
+model, task, seed or SFT setting never reuses a stale model, and anything else
+(RL settings, evaluation, storage) shares it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from siirl_core.config import SiirlConfig, to_dict
+from siirl_core.data import build_task
+
+
+def cache_key(*parts) -> str:
+    """12 hex digits of the SHA-256 of the parts as sorted-key JSON."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def base_model_dir(cfg: SiirlConfig) -> str:
+    """model.path when given; else the generated model of this size, architecture,
+    vocabulary (the task's alphabet) and seed."""
+    if cfg.model.path:
+        return cfg.model.path
+    key = cache_key(cfg.model.size, cfg.model.architecture, build_task(cfg.task).alphabet, cfg.trainer.seed)
+    return os.path.join(cfg.storage.cache_dir, f"base-{cfg.model.architecture}-{cfg.model.size}-{key}")
+
+
+def warm_start_dir(cfg: SiirlConfig) -> str:
+    """The supervised warm start of the base model on this task with these SFT settings."""
+    d = to_dict(cfg)
+    return os.path.join(cfg.storage.cache_dir, f"sft-{cfg.model.size}-{cache_key(base_model_dir(cfg), d['task'], d['sft'])}")
+
+
+def agent_base_dir(cfg: SiirlConfig, alphabet: str, pid: str, index: int) -> tuple[str, int]:
+    """(folder, seed) of multi-agent policy `pid`'s fresh model: separate policies get
+    separate initialisations (trainer.seed + the policy's index)."""
+    size, seed = cfg.agents.policy(pid).size, cfg.trainer.seed + index
+    key = cache_key(alphabet, size, cfg.model.architecture, seed)
+    return os.path.join(cfg.storage.cache_dir, f"agent-base-{size}-{key}"), seed

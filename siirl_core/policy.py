@@ -1,0 +1,57 @@
+"""What a rank trains, each with its own files in a checkpoint: policies (a single-agent
+rank owns one, a multi-agent rank one per trained policy id) and other engines (the critic)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class TrainedEngine:
+    """A DeepSpeed actor (module, optimizer, LR schedule) with its base learning rate and
+    the folder of its state inside a checkpoint."""
+
+    actor: Any  # training.actor.DeepSpeedActor
+    lr: float
+    engine_dir: str  # relative to a checkpoint: e.g. "engine", "critic", "policies/<id>/engine"
+
+    def stage(self, staging: str, rank: int) -> None:
+        """This rank's engine shards into a staging folder."""
+        self.actor.engine.save_checkpoint(os.path.join(staging, self.engine_dir), tag="state")
+
+    def owns(self, rel: str) -> bool:
+        """Whether a checkpoint file (relative path) is part of this engine's state."""
+        return rel.startswith(self.engine_dir + "/")
+
+    def load(self, staging: str) -> None:
+        """Engine, optimizer and LR schedule from a staged checkpoint; the base learning rate
+        is the configured one (a resumed run may change it)."""
+        self.actor.engine.load_checkpoint(os.path.join(staging, self.engine_dir), tag="state",
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+        self.actor.set_base_lr(self.lr)
+
+
+@dataclass
+class TrainedPolicy(TrainedEngine):
+    """A trained language-model policy: an engine plus its tokenizer, exported as an HF
+    directory (`hf_dir` inside a checkpoint) beside its engine state."""
+
+    name: str
+    tokenizer: Any
+    hf_dir: str  # relative to a checkpoint: e.g. "policy", "policies/<id>/hf"
+
+    def stage(self, staging: str, rank: int) -> None:
+        """This rank's engine shards and (rank 0) the HF export into a staging folder."""
+        super().stage(staging, rank)
+        self.export(os.path.join(staging, self.hf_dir), rank)
+
+    def export(self, out_dir: str, rank: int) -> str:
+        """An HF-format directory (loads in transformers and vLLM). Every rank must call it
+        (ZeRO-3 gathers parameters collectively); rank 0 writes."""
+        state = dict(self.actor.named_weights())
+        if rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            self.actor.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(out_dir)
+        return out_dir
