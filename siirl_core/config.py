@@ -139,6 +139,10 @@ class TrainerConfig:
     # entropy term: the update leaves them out of its forward and backward passes (and
     # drops the fused graph when that is cheaper). See docs/configuration.md.
     skip_zero_advantage: bool = True
+    # Keep only each decoder layer's input in the forward pass of the update and
+    # recompute the rest during the backward pass: activation memory of one layer instead
+    # of all, for about one more forward pass of compute (the same gradients).
+    gradient_checkpointing: bool = False
     zero_stage: int = 2
     seed: int = 0
     # Extra seed of the RL prompt stream (0: prompts depend on trainer.seed and the step

@@ -118,7 +118,7 @@ class RankWorker:
             total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
             zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
             grad_accum=self.cfg.grad_accum(self.world_size), world_size=self.world_size, grad_clip=t.grad_clip,
-            bf16=self.bf16)
+            bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing)
 
     def _build_critic(self):
         from siirl_core.training.critic import Critic
@@ -127,7 +127,8 @@ class RankWorker:
         return Critic(self.model_path, init_from_policy=self.cfg.critic.init_from_policy, lr=self.cfg.critic.lr,
                       zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
                       grad_accum=self.cfg.grad_accum(self.world_size),
-                      world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
+                      world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16,
+                      gradient_checkpointing=t.gradient_checkpointing)
 
     def _build_rollout(self) -> RolloutEngine:
         return build_rollout_engine(self.cfg, self.tokenizer, self.model_path, self.cfg.trainer.seed,

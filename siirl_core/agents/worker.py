@@ -53,7 +53,8 @@ class MultiAgentWorker(RankWorker):
             module, lr=self.cfg.policy_lr(pid), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
             total_steps=updates, schedule=t.lr_schedule, zero_stage=t.zero_stage,
             micro_batch_size=t.micro_batch_size, grad_accum=math.ceil(rows / t.micro_batch_size),
-            world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16)
+            world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16,
+            gradient_checkpointing=t.gradient_checkpointing)
 
     # --- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict:

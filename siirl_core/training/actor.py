@@ -60,14 +60,36 @@ def effective_zero_stage(zero_stage: int, world_size: int, bf16: bool) -> int:
     return 0 if world_size == 1 and zero_stage in (1, 2) and not bf16 else zero_stage
 
 
+def enable_gradient_checkpointing(module: torch.nn.Module) -> None:
+    """Recompute each decoder layer in the backward pass (transformers' non-reentrant
+    checkpointing). transformers checkpoints a layer only while the layer is in training
+    mode, and the policies here run in eval mode (no dropout): before every forward pass a
+    hook marks the checkpointing layers themselves (not their children, so no dropout
+    turns on) as training exactly when autograd is recording, i.e. in the update, not in
+    no-grad passes such as sampling or the old log-probs."""
+    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in module.modules() if m is not module and getattr(m, "gradient_checkpointing", False)]
+    if not layers:
+        raise ValueError(f"{type(module).__name__} has no layers that support gradient checkpointing")
+
+    def engage(_module, _args):
+        for layer in layers:
+            layer.training = torch.is_grad_enabled()
+
+    module.register_forward_pre_hook(engage)
+
+
 class DeepSpeedActor:
     def __init__(self, module: torch.nn.Module, *, lr: float, weight_decay: float, warmup_steps: int,
                  total_steps: int, schedule: str, zero_stage: int, micro_batch_size: int,
-                 grad_accum: int, world_size: int, grad_clip: float, bf16: bool = False):
+                 grad_accum: int, world_size: int, grad_clip: float, bf16: bool = False,
+                 gradient_checkpointing: bool = False):
         import deepspeed
 
         if not torch.cuda.is_available():
             _disable_cpu_shm_comm()
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(module)
         # fused: one pass over each tensor instead of one per Adam operation (~3x faster step on the CPU)
         optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule))

@@ -34,6 +34,8 @@ def fused_update_blockers(cfg) -> list[str]:
         (cfg.algorithm.dynamic_sampling, "algorithm.dynamic_sampling re-samples and drops groups"),
         (bool(cfg.algorithm.pipeline), "algorithm.pipeline is customised (its nodes may change the batch)"),
         (cfg.trainer.zero_stage == 3, "trainer.zero_stage=3 gathers parameters per forward pass"),
+        (cfg.trainer.gradient_checkpointing, "trainer.gradient_checkpointing recomputes the activations that "
+         "the fused update keeps from sampling"),
         (bool(cfg.agents.env), "multi-agent runs sample with their own loop"),
     ]
     return [why for blocked, why in checks if blocked]
