@@ -25,8 +25,13 @@ class ConfigError(ValueError):
 class ModelConfig:
     # Path of an HF-format model directory; empty means "make one with the tiny factory".
     path: str = ""
+    # A toy size (tiny, mini, small, medium: character tokenizer, `architecture`) or a
+    # real family's shape (smollm2-135m, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b,
+    # llama-3.2-1b: its own architecture, a BPE tokenizer trained on the task's text).
     size: str = "tiny"
     architecture: str = "llama"
+    # Real shapes: the most tokens the task-trained BPE tokenizer may have.
+    bpe_vocab_size: int = 1024
     # Supervised warm start run before RL when the model has none yet.
     warm_start: bool = True
 
@@ -64,6 +69,10 @@ class RolloutConfig:
     min_new_tokens: int = 0
     # vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
     kv_cache_gib: int = 1
+    # Positions per sequence (prompt + response) the rollout engine plans for; 0: the
+    # model's context length, at most 2048. A prompt that leaves fewer than max_new_tokens
+    # positions is an error, never a silently shortened answer.
+    max_model_len: int = 0
     # vLLM without torch.compile / CUDA graphs. null (auto): eager on CPU, where compiling
     # doubled engine start-up (36 s -> 17 s eager) for about 15% slower sampling of the
     # tiny model; compiled on GPU.

@@ -20,6 +20,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     """Every rule, checked before any model is loaded."""
     from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
     from siirl_core.models.factory import ARCHITECTURES, SIZES
+    from siirl_core.models.shapes import REAL_SHAPES
 
     _one_of("rollout.backend", cfg.rollout.backend, {"vllm", "hf"})
     _one_of("algorithm.adv_estimator", cfg.algorithm.adv_estimator, ADVANTAGE_ESTIMATORS.names())
@@ -39,7 +40,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError(f"storage.retries={cfg.storage.retries}: expected at least 1 attempt")
     _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
     if not cfg.model.path:
-        _one_of("model.size", cfg.model.size, SIZES)
+        _one_of("model.size", cfg.model.size, [*SIZES, *REAL_SHAPES])
     elif not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
         raise ConfigError(
             f"model.path={cfg.model.path!r} is not an HF model directory "
@@ -80,6 +81,9 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     if cfg.trainer.zero_stage == 3 and cfg.rollout.backend == "hf" and cfg.cluster.n_workers > 1:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
+    _positive("model.bpe_vocab_size", cfg.model.bpe_vocab_size)
+    _positive("rollout.max_model_len", cfg.rollout.max_model_len, zero_ok=True)
+    _validate_context(cfg)
     _validate_retrain_and_evaluate(cfg)
     resume = cfg.trainer.resume
     if resume not in ("auto", "never") and not resume.isdigit() and "://" not in resume and not os.path.isdir(resume):
@@ -87,6 +91,25 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
                           "or a checkpoint folder (local path or s3:// URI)")
     check_registered(cfg)
     return cfg
+
+
+def _validate_context(cfg: SiirlConfig) -> None:
+    """A response must fit the model's context with room for a prompt."""
+    from siirl_core.rollout.engines import model_positions_of, rollout_positions
+
+    positions = model_positions_of(cfg.model.path) if cfg.model.path else None
+    if positions is None:
+        from siirl_core.models.factory import model_positions
+        positions = model_positions(cfg.model.size)
+    where = f"model.path={cfg.model.path!r}" if cfg.model.path else f"model.size={cfg.model.size}"
+    if cfg.rollout.max_model_len > positions:
+        raise ConfigError(f"rollout.max_model_len={cfg.rollout.max_model_len} is beyond the model's context of "
+                          f"{positions} positions ({where})")
+    room = rollout_positions(cfg.rollout.max_model_len, positions)
+    if cfg.rollout.max_new_tokens >= room:
+        raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room for a prompt in "
+                          f"{room} positions ({where}, rollout.max_model_len={cfg.rollout.max_model_len}); "
+                          "use a model with a longer context or fewer new tokens")
 
 
 def _validate_algorithm(cfg: SiirlConfig) -> None:

@@ -10,6 +10,7 @@ import os
 
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.data import build_task
+from siirl_core.models.shapes import REAL_SHAPES
 
 
 def cache_key(*parts) -> str:
@@ -19,9 +20,13 @@ def cache_key(*parts) -> str:
 
 def base_model_dir(cfg: SiirlConfig) -> str:
     """model.path when given; else the generated model of this size, architecture,
-    vocabulary (the task's alphabet) and seed."""
+    vocabulary (the task's alphabet; for a real shape, the task whose text trains the BPE
+    tokenizer and its vocabulary bound) and seed."""
     if cfg.model.path:
         return cfg.model.path
+    if cfg.model.size in REAL_SHAPES:
+        key = cache_key(cfg.model.size, to_dict(cfg)["task"], cfg.model.bpe_vocab_size, cfg.trainer.seed)
+        return os.path.join(cfg.storage.cache_dir, f"base-{cfg.model.size}-{key}")
     key = cache_key(cfg.model.size, cfg.model.architecture, build_task(cfg.task).alphabet, cfg.trainer.seed)
     return os.path.join(cfg.storage.cache_dir, f"base-{cfg.model.architecture}-{cfg.model.size}-{key}")
 

@@ -13,15 +13,14 @@ from siirl_core.model_cache import agent_base_dir, base_model_dir
 
 @task(cache_policy=NO_CACHE)
 def make_base_model(cfg: SiirlConfig) -> str:
-    """The configured model directory, created by the tiny factory when no path is given."""
-    from siirl_core.models import create_tiny_model
+    """The configured model directory, created by the factory when no path is given."""
+    from siirl_core.models.factory import create_model
 
     out = base_model_dir(cfg)
     if not os.path.isfile(os.path.join(out, "config.json")):
-        task_ = build_task(cfg.task)
         tmp = out + ".tmp"
-        create_tiny_model(tmp, task_.alphabet, size=cfg.model.size, architecture=cfg.model.architecture,
-                          seed=cfg.trainer.seed)
+        create_model(tmp, build_task(cfg.task), cfg.model.size, cfg.model.architecture, cfg.trainer.seed,
+                     cfg.model.bpe_vocab_size)
         os.replace(tmp, out)
     return out
 

@@ -13,6 +13,7 @@ from infra.rank_group import RankFailure
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig
 from siirl_core.rewards.scorer import RewardError
+from siirl_core.rollout.base import ContextTooShort
 
 
 def record_ranks(group, run_dir: str) -> None:
@@ -113,9 +114,10 @@ def export_policy(group, out_dir: str) -> str:
 
 def worth_retrying(task, task_run, state) -> bool:
     """Prefect's retry condition: a dead rank or a fault may pass, but a failure of the
-    user's reward function would only fail again after a costly rebuild and replay."""
+    user's reward function, or a prompt too long for the context, would only fail again
+    after a costly rebuild and replay."""
     err = state.data
-    return not (isinstance(err, RankFailure) and err.caused_by(RewardError))
+    return not (isinstance(err, RankFailure) and err.caused_by((RewardError, ContextTooShort)))
 
 
 def retry_delays(cfg: SiirlConfig) -> list[float]:

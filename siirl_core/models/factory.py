@@ -1,6 +1,7 @@
-"""Tiny-model factory: writes an HF-format directory (config, safetensors weights,
-tokenizer) that both transformers and vLLM load. Sizes are named so configs and
-benchmarks can refer to them."""
+"""Model factory: writes an HF-format directory (config, safetensors weights, tokenizer)
+that both transformers and vLLM load. Toy sizes (`SIZES`) use a character tokenizer over
+the task's alphabet; real shapes (models/shapes.py) a BPE tokenizer trained on the
+task's text. Sizes are named so configs and benchmarks can refer to them."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+from siirl_core.models.bpe import train_bpe_tokenizer
+from siirl_core.models.shapes import REAL_SHAPES
 from siirl_core.models.tokenizer import build_char_tokenizer
 
 # hidden, layers, heads, intermediate. Head dims are 32 or 64, which vLLM's CPU
@@ -52,6 +55,48 @@ def create_tiny_model(out_dir: str, alphabet: str, size: str = "tiny", architect
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def create_real_shape_model(out_dir: str, shape: str, texts: list[str], seed: int = 0,
+                            bpe_vocab_size: int = 1024) -> str:
+    """Write a randomly initialised model of a real family's shape (its published
+    vocabulary size: the embedding rows beyond the BPE tokenizer's are unused, as in the
+    family's own checkpoints) with a BPE tokenizer trained on `texts`."""
+    if shape not in REAL_SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; expected one of {sorted(REAL_SHAPES)}")
+    architecture, fields = REAL_SHAPES[shape]
+    tokenizer = train_bpe_tokenizer(texts, bpe_vocab_size)
+    config = ARCHITECTURES[architecture](**fields, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                         torch_dtype="float32")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def task_text(task, prompts: int = 4096) -> list[str]:
+    """Text a BPE tokenizer learns from: training prompts with their answers (never the
+    held-out set)."""
+    per_step = 256
+    return [p.prompt + p.answer for step in range(max(1, prompts // per_step))
+            for p in task.demonstrations(0, step, per_step)]
+
+
+def create_model(out_dir: str, task, size: str, architecture: str = "llama", seed: int = 0,
+                 bpe_vocab_size: int = 1024) -> str:
+    """A toy size over the task's alphabet, or a real shape with a BPE tokenizer trained
+    on the task's text."""
+    if size in REAL_SHAPES:
+        return create_real_shape_model(out_dir, size, task_text(task), seed, bpe_vocab_size)
+    return create_tiny_model(out_dir, task.alphabet, size=size, architecture=architecture, seed=seed)
+
+
+def model_positions(size: str) -> int:
+    """Context length (positions) of a model the factory makes."""
+    return REAL_SHAPES[size][1]["max_position_embeddings"] if size in REAL_SHAPES else MAX_POSITIONS
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -51,3 +51,17 @@ def strip_eos(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
         return ids[:cut + 1], True
     return ids, False
 
+
+class ContextTooShort(ValueError):
+    """A prompt and its answer do not fit the planned positions (not worth a retry)."""
+
+
+def check_room(prompt_ids: list[list[int]], max_new_tokens: int, positions: int) -> None:
+    """Every prompt leaves max_new_tokens positions: vLLM would otherwise end the answer
+    early at the context's end without saying so."""
+    for i, p in enumerate(prompt_ids):
+        if len(p) + max_new_tokens > positions:
+            raise ContextTooShort(f"prompt {i} has {len(p)} tokens: with rollout.max_new_tokens={max_new_tokens} it "
+                             f"needs {len(p) + max_new_tokens} positions, more than the {positions} planned "
+                             "(rollout.max_model_len, at most the model's context); shorten the prompts "
+                             "(task.max_prompt_length for data files) or raise rollout.max_model_len")

@@ -6,23 +6,26 @@ from typing import Iterable
 
 import torch
 
-from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
+from siirl_core.rollout.base import RolloutBatch, SamplingConfig, check_room, strip_eos
 from siirl_core.rollout.decode import decode
 
 
 class HFRollout:
     def __init__(self, module: torch.nn.Module, pad_id: int, eos_id: int, batch_size: int = 256,
-                 grouped: bool = True):
+                 grouped: bool = True, max_positions: int | None = None):
         self.module = module
         self.grouped = grouped  # GroupedDecoder where the model fits it (rollout.grouped_decode)
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.batch_size = batch_size  # samples per forward pass
+        self.max_positions = max_positions  # prompt + response, when given
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
                  keep_graph: bool = False) -> RolloutBatch:
         """keep_graph: sample in training mode with autograd on and return the logits that
         predicted each sampled token, [B, S, V] with their graph, as batch.train_logits."""
+        if self.max_positions:
+            check_room(prompt_ids, sampling.max_new_tokens, self.max_positions)
         gen = torch.Generator().manual_seed(seed)
         per_chunk = max(1, self.batch_size // sampling.n)  # prompts per forward pass
         batch = RolloutBatch([], [], [], [], [])

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from siirl_core.rollout.base import RolloutBatch, SamplingConfig, strip_eos
+from siirl_core.rollout.base import RolloutBatch, SamplingConfig, check_room, strip_eos
 
 
 class VLLMRollout:
@@ -31,11 +31,13 @@ class VLLMRollout:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.eos_id = eos_id
+        self.max_model_len = max_model_len
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        check_room(prompt_ids, sampling.max_new_tokens, self.max_model_len)
         # One seed per prompt: samples depend only on (seed, prompt position, weights),
         # so a resumed run replays exactly what an uninterrupted one sampled.
         params = [
