@@ -17,7 +17,11 @@ class TrainedEngine:
     engine_dir: str  # relative to a checkpoint: e.g. "engine", "critic", "policies/<id>/engine"
 
     def stage(self, staging: str, rank: int) -> None:
-        """This rank's engine shards into a staging folder."""
+        """This rank's engine shards into a staging folder (never non-finite weights)."""
+        from siirl_core.training.actor import check_finite_weights
+
+        with self.actor.gathered():
+            check_finite_weights(dict(self.actor.module.named_parameters()), f"checkpoint files {self.engine_dir}/")
         self.actor.engine.save_checkpoint(os.path.join(staging, self.engine_dir), tag="state")
 
     def owns(self, rel: str) -> bool:
@@ -49,7 +53,10 @@ class TrainedPolicy(TrainedEngine):
     def export(self, out_dir: str, rank: int) -> str:
         """An HF-format directory (loads in transformers and vLLM). Every rank must call it
         (ZeRO-3 gathers parameters collectively); rank 0 writes."""
+        from siirl_core.training.actor import check_finite_weights
+
         state = dict(self.actor.named_weights())
+        check_finite_weights(state, f"the policy export {out_dir}")
         if rank == 0:
             os.makedirs(out_dir, exist_ok=True)
             self.actor.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)

@@ -14,6 +14,7 @@ from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig
 from siirl_core.rewards.scorer import RewardError
 from siirl_core.rollout.base import ContextTooShort
+from siirl_core.training.actor import NonFiniteUpdate
 
 
 def record_ranks(group, run_dir: str) -> None:
@@ -114,10 +115,10 @@ def export_policy(group, out_dir: str) -> str:
 
 def worth_retrying(task, task_run, state) -> bool:
     """Prefect's retry condition: a dead rank or a fault may pass, but a failure of the
-    user's reward function, or a prompt too long for the context, would only fail again
-    after a costly rebuild and replay."""
+    user's reward function, a prompt too long for the context or a non-finite update would
+    only fail again after a costly rebuild and replay."""
     err = state.data
-    return not (isinstance(err, RankFailure) and err.caused_by((RewardError, ContextTooShort)))
+    return not (isinstance(err, RankFailure) and err.caused_by((RewardError, ContextTooShort, NonFiniteUpdate)))
 
 
 def retry_delays(cfg: SiirlConfig) -> list[float]:

@@ -209,3 +209,28 @@ def test_nan_rewards_stop_the_run_before_any_weight_turns_nan(algo_worker):
         algo_worker.reward = real
     assert algo_worker.step == start + 2  # the third iteration stopped in its reward node
     assert all(torch.isfinite(p).all() for p in algo_worker.actor.module.parameters())
+
+
+def test_a_user_node_that_makes_the_advantages_nan_changes_no_weight(algo_worker, tmp_path):
+    """A custom node writing NaN advantages (a realistic user bug): the update stops
+    before the optimizer moves anything, and the weights stay exportable."""
+    from siirl_core.training.actor import NonFiniteUpdate
+
+    path = tmp_path / "nodes.py"
+    path.write_text("import math\nfrom siirl_core.batch import declared\n\n"
+                    "@declared(reads=('advantages',), writes=('advantages',))\n"
+                    "def nan_advantages(worker, batch, bag):\n    batch.advantages = batch.advantages * math.nan\n")
+    cfg = algo_worker.cfg
+    cfg.algorithm.pipeline = ["rollout", "reward", "old_logprobs", "ref_logprobs", "advantage",
+                              f"{path}:nan_advantages", "update", "sync"]
+    before = {n: p.detach().clone() for n, p in algo_worker.actor.module.named_parameters()}
+    try:
+        algo_worker.pipeline = resolve_pipeline(cfg)
+        with pytest.raises(NonFiniteUpdate, match="the loss of a micro-batch is nan"):
+            algo_worker.run_until(algo_worker.step + 1)
+    finally:
+        cfg.algorithm.pipeline = []
+        algo_worker.pipeline = resolve_pipeline(cfg)
+    after = dict(algo_worker.actor.module.named_parameters())
+    assert all(torch.equal(before[n], after[n].detach()) for n in before)
+    assert all(bool(torch.isfinite(p).all()) for p in after.values())

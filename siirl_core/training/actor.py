@@ -60,6 +60,25 @@ def effective_zero_stage(zero_stage: int, world_size: int, bf16: bool) -> int:
     return 0 if world_size == 1 and zero_stage in (1, 2) and not bf16 else zero_stage
 
 
+class NonFiniteUpdate(FloatingPointError):
+    """A loss, gradient or weight is NaN or infinite: the update is not applied (or the
+    weights not written) and the run stops; a replay would compute the same."""
+
+
+def check_finite_loss(loss: torch.Tensor) -> None:
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteUpdate(f"the loss of a micro-batch is {float(loss.detach().sum())}: the update is not "
+                              "applied (check the reward values, custom pipeline nodes and the learning rate)")
+
+
+def check_finite_weights(state: dict, what: str) -> None:
+    """Refuse to write non-finite weights anywhere (checkpoint, export)."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteUpdate(f"not writing {what}: {len(bad)} tensors hold NaN or infinite values "
+                              f"(first: {bad[0]})")
+
+
 def enable_gradient_checkpointing(module: torch.nn.Module) -> None:
     """Recompute each decoder layer in the backward pass (transformers' non-reentrant
     checkpointing). transformers checkpoints a layer only while the layer is in training
@@ -140,10 +159,14 @@ class DeepSpeedActor:
         self.micro_step(loss * share * self.grad_accum)
 
     def micro_step(self, loss: torch.Tensor) -> None:
+        check_finite_loss(loss)  # before any gradient of it reaches the optimizer
         self.engine.backward(loss)  # gradients are all-reduced at the accumulation boundary
         if self.own_clipping and self.engine.is_gradient_accumulation_boundary():
             params = [p for p in self.module.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if not bool(torch.isfinite(norm)):
+                self.engine.zero_grad()
+                raise NonFiniteUpdate(f"the gradient norm is {float(norm)}: the optimizer step is not applied")
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
             self._grad_norm = float(norm)
