@@ -22,6 +22,17 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSpec:
+    # Adapter rank; 0: train every weight (no adapters).
+    rank: int = 0
+    alpha: float = 16.0
+    # Linear layers that get adapters (the names of Llama and Qwen2 projections).
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                "up_proj", "down_proj"])
+    dropout: float = 0.0
+
+
+@dataclass
 class ModelConfig:
     # Path of an HF-format model directory; empty means "make one with the tiny factory".
     path: str = ""
@@ -32,6 +43,8 @@ class ModelConfig:
     architecture: str = "llama"
     # Real shapes: the most tokens the task-trained BPE tokenizer may have.
     bpe_vocab_size: int = 1024
+    # LoRA adapters (peft) instead of full fine-tuning; see siirl_core/training/lora.py.
+    lora: LoraSpec = field(default_factory=LoraSpec)
     # Supervised warm start run before RL when the model has none yet.
     warm_start: bool = True
 

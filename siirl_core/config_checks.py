@@ -82,6 +82,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
     _positive("model.bpe_vocab_size", cfg.model.bpe_vocab_size)
+    _validate_lora(cfg)
     _positive("rollout.max_model_len", cfg.rollout.max_model_len, zero_ok=True)
     _validate_context(cfg)
     _validate_retrain_and_evaluate(cfg)
@@ -91,6 +92,21 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
                           "or a checkpoint folder (local path or s3:// URI)")
     check_registered(cfg)
     return cfg
+
+
+def _validate_lora(cfg: SiirlConfig) -> None:
+    lora = cfg.model.lora
+    _positive("model.lora.rank", lora.rank, zero_ok=True)
+    if not lora.rank:
+        return
+    _positive("model.lora.alpha", lora.alpha)
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora.dropout={lora.dropout}: expected a probability in [0, 1)")
+    if not lora.target_modules:
+        raise ConfigError("model.lora.target_modules is empty: name the linear layers that get adapters "
+                          "(e.g. [q_proj,v_proj])")
+    if cfg.agents.env:
+        raise ConfigError("model.lora applies to single-policy runs; multi-agent policies train every weight")
 
 
 def _validate_context(cfg: SiirlConfig) -> None:

@@ -22,7 +22,10 @@ class TrainedEngine:
 
         with self.actor.gathered():
             check_finite_weights(dict(self.actor.module.named_parameters()), f"checkpoint files {self.engine_dir}/")
-        self.actor.engine.save_checkpoint(os.path.join(staging, self.engine_dir), tag="state")
+        # With LoRA only the adapters (and their optimizer state) are saved: the frozen base
+        # weights are the model directory's.
+        self.actor.engine.save_checkpoint(os.path.join(staging, self.engine_dir), tag="state",
+                                          exclude_frozen_parameters=self.actor.adapters_only)
 
     def owns(self, rel: str) -> bool:
         """Whether a checkpoint file (relative path) is part of this engine's state."""
@@ -32,7 +35,8 @@ class TrainedEngine:
         """Engine, optimizer and LR schedule from a staged checkpoint; the base learning rate
         is the configured one (a resumed run may change it)."""
         self.actor.engine.load_checkpoint(os.path.join(staging, self.engine_dir), tag="state",
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+                                          load_optimizer_states=True, load_lr_scheduler_states=True,
+                                          load_module_strict=not self.actor.adapters_only)
         self.actor.set_base_lr(self.lr)
 
 
@@ -59,6 +63,12 @@ class TrainedPolicy(TrainedEngine):
         check_finite_weights(state, f"the policy export {out_dir}")
         if rank == 0:
             os.makedirs(out_dir, exist_ok=True)
-            self.actor.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            module = self.actor.module
+            if self.actor.adapters_only:  # merged weights in the base model's format, adapters beside
+                from siirl_core.training.lora import save_adapter
+
+                save_adapter(module, os.path.join(out_dir, "adapter"))
+                module = module.get_base_model()
+            module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(out_dir)
         return out_dir

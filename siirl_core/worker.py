@@ -68,6 +68,9 @@ class RankWorker:
         self.task = build_task(cfg.task, self.tokenizer)
         self.reward = build_reward_scorer(cfg.reward, self.task)
         module = load_causal_lm(self.model_path)
+        if cfg.model.lora.rank:
+            from siirl_core.training.lora import apply_lora
+            module = apply_lora(module, cfg.model.lora)
         self.actor = self._build_actor(module)
         self.policy = TrainedPolicy(self.actor, cfg.trainer.lr, "engine", "policy", self.tokenizer, "policy")
         self.trained = [self.policy]

@@ -34,6 +34,8 @@ def grouped_decode_blocker(module) -> str | None:
         return "sliding-window attention layers"
     if module.training and getattr(config, "attention_dropout", 0.0):
         return "attention dropout in training mode"
+    if hasattr(module, "peft_config"):
+        return "LoRA adapters (peft) run their own forward"
     if any(hasattr(p, "ds_tensor") for p in module.parameters()):
         return "ZeRO-3 partitioned parameters (gathered by hooks on the whole model's forward)"
     if not _plain_layers(module):

@@ -109,8 +109,10 @@ class DeepSpeedActor:
             _disable_cpu_shm_comm()
         if gradient_checkpointing:
             enable_gradient_checkpointing(module)
+        # Only what trains (with LoRA: the adapters) has optimizer state.
+        trainable = [p for p in module.parameters() if p.requires_grad]
         # fused: one pass over each tensor instead of one per Adam operation (~3x faster step on the CPU)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule))
         zero_stage = effective_zero_stage(zero_stage, world_size, bf16)
         # DeepSpeed's stage-0 fp32 path clips gradients but drops their norm: clip here instead.
@@ -139,9 +141,22 @@ class DeepSpeedActor:
         import deepspeed
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
 
+    @property
+    def adapters_only(self) -> bool:
+        """LoRA: the base weights are frozen; only the adapters train."""
+        from siirl_core.training.lora import has_adapters
+
+        return has_adapters(self.module)
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's weights under the base model's names (with LoRA: adapters merged)."""
+        from siirl_core.training.lora import merged_state
+
         with self.gathered():
-            state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            if self.adapters_only:
+                state = merged_state(self.module)
+            else:
+                state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         yield from state.items()
 
     def total_parameters(self) -> int:

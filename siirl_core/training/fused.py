@@ -36,6 +36,7 @@ def fused_update_blockers(cfg) -> list[str]:
         (cfg.trainer.zero_stage == 3, "trainer.zero_stage=3 gathers parameters per forward pass"),
         (cfg.trainer.gradient_checkpointing, "trainer.gradient_checkpointing recomputes the activations that "
          "the fused update keeps from sampling"),
+        (cfg.model.lora.rank > 0, "model.lora samples through the adapters' own forward (not the grouped decoder)"),
         (bool(cfg.agents.env), "multi-agent runs sample with their own loop"),
     ]
     return [why for blocked, why in checks if blocked]

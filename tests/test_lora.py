@@ -1,0 +1,99 @@
+"""model.lora: only adapters train and are checkpointed; the rollout engine and the export
+get W + (alpha / r) B A under the base model's names; a restore gives the adapters back
+exactly."""
+import os
+
+import pytest
+import torch
+
+from siirl_core.compose import compose_config
+from siirl_core.config import ConfigError, LoraSpec, to_dict
+from siirl_core.models import load_causal_lm
+from siirl_core.training.lora import apply_lora, merged_state
+from tests.conftest import _free_port
+
+
+def _lora_model(path: str, rank: int = 2, alpha: float = 6.0):
+    module = apply_lora(load_causal_lm(path), LoraSpec(rank=rank, alpha=alpha, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B starts at zero (no change); give it values so the merge shows
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return module
+
+
+def test_merged_weights_by_hand(tiny_model):
+    base = load_causal_lm(tiny_model).state_dict()
+    module = _lora_model(tiny_model)
+    merged = merged_state(module)
+    assert set(merged) == set(base)
+    q = module.base_model.model.model.layers[1].self_attn.q_proj
+    a, b = q.lora_A["default"].weight, q.lora_B["default"].weight
+    expected = base["model.layers.1.self_attn.q_proj.weight"] + (6.0 / 2) * (b @ a)
+    assert torch.allclose(merged["model.layers.1.self_attn.q_proj.weight"], expected, atol=1e-6)
+    assert torch.equal(merged["model.layers.1.self_attn.k_proj.weight"], base["model.layers.1.self_attn.k_proj.weight"])
+    # A plain model with the merged weights computes what the adapted one does.
+    plain = load_causal_lm(tiny_model)
+    plain.load_state_dict(merged)
+    ids = torch.randint(4, plain.config.vocab_size, (3, 9))
+    assert torch.allclose(plain(input_ids=ids).logits, module(input_ids=ids).logits, atol=1e-5)
+
+
+def _lora_worker(path: str):
+    from siirl_core.worker import RankWorker
+
+    cfg = compose_config(["rollout=hf", "model.lora.rank=4", "model.lora.alpha=8", "trainer.prompts_per_step=8",
+                          "trainer.lr=1e-2", "algorithm.entropy_coef=0.01"])
+    worker = RankWorker(to_dict(cfg), path, rank=0, world_size=1, master_port=_free_port())
+    worker.setup()
+    return worker
+
+
+def test_only_adapters_train_and_a_restore_gives_them_back(warm_model, rank_worker, tmp_path):
+    worker = _lora_worker(warm_model)
+    adapters = {n for n, p in worker.actor.module.named_parameters() if p.requires_grad}
+    assert adapters and all(".lora_" in n for n in adapters)
+    in_optimizer = sum(p.numel() for g in worker.actor.optimizer.param_groups for p in g["params"])
+    assert in_optimizer == sum(p.numel() for n, p in worker.actor.module.named_parameters() if n in adapters)
+    before = {k: v.clone() for k, v in worker.actor.module.state_dict().items()}
+    worker.run_until(2)
+    after = worker.actor.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if ".lora_" not in k)  # the base is frozen
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".lora_B" in k)
+
+    folder = worker.save(str(tmp_path / "run"), {})
+    engine_file = os.path.join(folder, "engine", "state", "mp_rank_00_model_states.pt")
+    weights_file = os.path.join(folder, "policy", "model.safetensors")
+    assert os.path.getsize(engine_file) < 0.25 * os.path.getsize(weights_file)  # adapters and their Adam state
+    fresh = _lora_worker(warm_model)
+    fresh.restore(folder, 2)
+    restored = fresh.actor.module.state_dict()
+    assert all(torch.equal(after[k], restored[k]) for k in after)
+    m_resumed, m_original = fresh.run_until(3), worker.run_until(3)
+    for key in ("actor/pg_loss", "actor/grad_norm", "reward/mean", "actor/entropy"):
+        assert m_resumed[key] == m_original[key], key
+
+    exported = worker.export(str(tmp_path / "export"))
+    assert os.path.isfile(os.path.join(exported, "adapter", "adapter_config.json"))
+    plain = load_causal_lm(exported)
+    assert not any("lora" in k for k in plain.state_dict())
+    ids = torch.randint(4, plain.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, worker.actor.module(input_ids=ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.lora.dropout=1", "model.lora.dropout=1.0: expected a probability in [0, 1)"),
+    ("model.lora.target_modules=[]", "model.lora.target_modules is empty"),
+    ("model.lora.rank=-1", "model.lora.rank=-1 is not allowed"),
+])
+def test_bad_lora_settings_name_the_key(override, message):
+    overrides = [override] if "rank" in override else ["model.lora.rank=8", override]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)").replace("(", r"\(")):
+        compose_config(overrides)
+
+
+def test_lora_is_for_single_policy_runs():
+    with pytest.raises(ConfigError, match="model.lora applies to single-policy runs"):
+        compose_config(["agents=referential", "model.lora.rank=8"])
