@@ -83,6 +83,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
                           "sharded parameters make every generation step a collective; use rollout=vllm")
     _positive("model.bpe_vocab_size", cfg.model.bpe_vocab_size)
     _validate_lora(cfg)
+    _validate_memory(cfg)
     _positive("rollout.max_model_len", cfg.rollout.max_model_len, zero_ok=True)
     _validate_context(cfg)
     _validate_retrain_and_evaluate(cfg)
@@ -92,6 +93,15 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
                           "or a checkpoint folder (local path or s3:// URI)")
     check_registered(cfg)
     return cfg
+
+
+def _validate_memory(cfg: SiirlConfig) -> None:
+    """A model too large for this machine is refused before anything loads."""
+    from siirl_core.memory_estimate import check_fits
+
+    problem = check_fits(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _validate_lora(cfg: SiirlConfig) -> None:
