@@ -69,15 +69,16 @@ def test_the_factory_writes_the_shape_a_downloaded_checkpoint_has(smollm_shape):
 def test_a_rank_trains_the_real_shape_with_checkpointing(smollm_shape, rank_worker):
     from siirl_core.worker import RankWorker
 
-    cfg = compose_config(["model.size=smollm2-135m", "rollout=hf", "trainer.prompts_per_step=4", "rollout.n=4",
+    cfg = compose_config(["model.size=smollm2-135m", "rollout=hf", "trainer.prompts_per_step=1", "rollout.n=2",
                           "trainer.micro_batch_size=8", "trainer.gradient_checkpointing=true", "task.eval_size=8",
+                          "rollout.max_new_tokens=256", "rollout.min_new_tokens=256",  # long answers
                           # a fresh model scores 0 everywhere: the entropy bonus gives the step a gradient
                           "algorithm.entropy_coef=0.01"])
     worker = RankWorker(to_dict(cfg), smollm_shape, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
     before = {n: p.detach().clone() for n, p in worker.actor.module.named_parameters()}
     m = worker.run_until(1)
-    assert m["response/length_mean"] > 0 and m["perf/fused_update"] == 0  # checkpointing rules it out
+    assert m["response/length_mean"] == 256 and m["perf/fused_update"] == 0  # checkpointing rules it out
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.actor.module.named_parameters())
     assert moved > 0 and m["actor/grad_norm"] > 0
     assert worker.rollout.max_positions == 2048  # the shape's 8192 positions, capped
