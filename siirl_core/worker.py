@@ -72,7 +72,8 @@ class RankWorker:
             from siirl_core.training.lora import apply_lora
             module = apply_lora(module, cfg.model.lora)
         self.actor = self._build_actor(module)
-        self.policy = TrainedPolicy(self.actor, cfg.trainer.lr, "engine", "policy", self.tokenizer, "policy")
+        self.policy = TrainedPolicy(actor=self.actor, lr=cfg.trainer.lr, engine_dir="engine", name="policy",
+                                    tokenizer=self.tokenizer, hf_dir="policy")
         self.trained = [self.policy]
         self.ref_module = None
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
@@ -81,7 +82,7 @@ class RankWorker:
         self.critic = None
         if cfg.algorithm.adv_estimator == "gae":
             self.critic = self._build_critic()
-            self.trained.append(TrainedEngine(self.critic.actor, cfg.critic.lr, "critic"))
+            self.trained.append(TrainedEngine(actor=self.critic.actor, lr=cfg.critic.lr, engine_dir="critic"))
         self.kl_ctrl = build_kl_controller(cfg.algorithm)
         self.pipeline = resolve_pipeline(cfg)
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,

@@ -1,7 +1,6 @@
 """Cache folders of generated base models and warm starts: a change of anything that
 changes their weights gets a new folder; RL, evaluation and storage settings share one."""
 import hashlib
-import json
 import os
 
 import pytest

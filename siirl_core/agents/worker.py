@@ -34,8 +34,9 @@ class MultiAgentWorker(RankWorker):
             tokenizer = load_tokenizer(self.model_path[pid])
             self.actors[pid] = self._build_policy_actor(pid, load_causal_lm(self.model_path[pid]))
             self.policies[pid] = Policy(self.actors[pid].module, tokenizer)
-            self.trained.append(TrainedPolicy(self.actors[pid], cfg.policy_lr(pid), f"policies/{pid}/engine", pid,
-                                              tokenizer, f"policies/{pid}/hf"))
+            self.trained.append(TrainedPolicy(actor=self.actors[pid], lr=cfg.policy_lr(pid),
+                                              engine_dir=f"policies/{pid}/engine", name=pid, tokenizer=tokenizer,
+                                              hf_dir=f"policies/{pid}/hf"))
         self.pipeline = [timed(node.name, node.fn) for node in EPISODE_NODES]
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
                 "parameters": sum(a.total_parameters() for a in self.actors.values()),

@@ -74,7 +74,7 @@ def test_killed_worker_recovers_with_consistent_log(tmp_path, cache_dir, two_ran
     assert proc.returncode == 0, out[-5000:]
     # The failure names the rank and its process, whether the scheduler noticed the death
     # first ("died during run_until") or the call to it failed ("failed in run_until").
-    assert f"rank 1 (Dask worker" in out and f"pid {victim})" in out
+    assert "rank 1 (Dask worker" in out and f"pid {victim})" in out
     assert "restored every rank from checkpoint step 25" in out
     assert json.load(open(os.path.join(run_dir, "ranks.json")))[1]["pid"] != victim
     recovered, reference = metrics_by_step(run_dir), metrics_by_step(two_rank_run)
