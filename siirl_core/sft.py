@@ -58,7 +58,7 @@ def train_sft(model_path: str, out_dir: str, task, steps: int, batch_size: int, 
         opt.step()
         sched.step()
         if on_step is not None:
-            on_step(step + 1, out.loss.item())
+            on_step(step + 1, out.loss.detach().item())
         if probe and (step + 1) % check_every == 0:
             accuracy = _module_accuracy(model, tokenizer, task, probe, max_new_tokens)
             if on_check is not None:
