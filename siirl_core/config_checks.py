@@ -99,7 +99,10 @@ def _validate_memory(cfg: SiirlConfig) -> None:
     """A model too large for this machine is refused before anything loads."""
     from siirl_core.memory_estimate import check_fits
 
-    problem = check_fits(cfg)
+    try:
+        problem = check_fits(cfg)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.path={cfg.model.path!r}: cannot read the model's configuration ({err})") from None
     if problem:
         raise ConfigError(problem)
 
@@ -121,11 +124,12 @@ def _validate_lora(cfg: SiirlConfig) -> None:
 
 def _validate_context(cfg: SiirlConfig) -> None:
     """A response must fit the model's context with room for a prompt."""
-    from siirl_core.rollout.engines import model_positions_of, rollout_positions
+    from siirl_core.models.factory import model_positions
+    from siirl_core.rollout.engines import DEFAULT_MAX_MODEL_LEN, model_positions_of, rollout_positions
 
-    positions = model_positions_of(cfg.model.path) if cfg.model.path else None
-    if positions is None:
-        from siirl_core.models.factory import model_positions
+    if cfg.model.path:  # a config.json without max_position_embeddings: the rollout's default
+        positions = model_positions_of(cfg.model.path) or DEFAULT_MAX_MODEL_LEN
+    else:
         positions = model_positions(cfg.model.size)
     where = f"model.path={cfg.model.path!r}" if cfg.model.path else f"model.size={cfg.model.size}"
     if cfg.rollout.max_model_len > positions:

@@ -17,15 +17,12 @@ def parameter_count(cfg) -> int | None:
 
     if not cfg.model.path:
         return shape_count(cfg.model.size) if cfg.model.size in REAL_SHAPES else None
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.from_pretrained(cfg.model.path)
-        with torch.device("meta"):  # the shapes only, no memory
-            return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    except Exception:  # an unusual model directory: the loading itself will say what is wrong
-        return None
+    config = AutoConfig.from_pretrained(cfg.model.path)  # a broken config.json is an error here
+    with torch.device("meta"):  # the shapes only, no memory
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
 def lora_parameters(cfg, parameters: int) -> int:

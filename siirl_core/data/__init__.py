@@ -46,9 +46,10 @@ def _task_key(task_cfg) -> str | None:
     if not dataclasses.is_dataclass(task_cfg):
         return None
     try:
-        files = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in [*task_cfg.train_files, *task_cfg.val_files]]
+        stats = [(p, os.stat(p)) for p in [*task_cfg.train_files, *task_cfg.val_files]]
     except OSError:
         return None
+    files = [(p, s.st_size, s.st_mtime_ns) for p, s in stats]
     return json.dumps([dataclasses.asdict(task_cfg), files], sort_keys=True, default=str)
 
 

@@ -48,7 +48,11 @@ def create_tiny_model(out_dir: str, alphabet: str, size: str = "tiny", architect
                       seed: int = 0) -> str:
     """Write a randomly initialised model of the named size to out_dir."""
     tokenizer = build_char_tokenizer(alphabet)
-    config = make_model_config(size, architecture, len(tokenizer), tokenizer)
+    return _write_random_model(out_dir, make_model_config(size, architecture, len(tokenizer), tokenizer),
+                               tokenizer, seed)
+
+
+def _write_random_model(out_dir: str, config, tokenizer, seed: int) -> str:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     os.makedirs(out_dir, exist_ok=True)
@@ -69,12 +73,7 @@ def create_real_shape_model(out_dir: str, shape: str, texts: list[str], seed: in
     config = ARCHITECTURES[architecture](**fields, bos_token_id=tokenizer.bos_token_id,
                                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                          torch_dtype="float32")
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return _write_random_model(out_dir, config, tokenizer, seed)
 
 
 def task_text(task, prompts: int = 4096) -> list[str]:

@@ -39,12 +39,16 @@ DEFAULT_MAX_MODEL_LEN = 2048
 
 
 def model_positions_of(model_dir: str) -> int | None:
-    """max_position_embeddings of an HF model directory's config.json (None if absent)."""
-    try:
-        with open(os.path.join(model_dir, "config.json")) as f:
-            return json.load(f).get("max_position_embeddings")
-    except (OSError, ValueError):
+    """max_position_embeddings of an HF model directory's config.json (None when the file
+    or the field is absent; an unreadable or malformed file is an error)."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
         return None
+    with open(path) as f:
+        try:
+            return json.load(f).get("max_position_embeddings")
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
 
 
 def rollout_positions(max_model_len: int, model_positions: int | None) -> int:

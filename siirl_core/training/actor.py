@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from siirl_core.algorithms import POLICY_LOSSES, aggregate_loss, kl_penalty, masked_mean
+from siirl_core.training.lora import has_adapters, merged_state
 from siirl_core.training.safe_load import use_restricted_loading
 
 
@@ -129,6 +130,7 @@ class DeepSpeedActor:
             self.engine.enable_backward_allreduce = False
         self.zero_stage = zero_stage
         self.grad_accum = grad_accum
+        self.adapters_only = has_adapters(module)  # LoRA: the base is frozen, only adapters train
 
     @property
     def module(self) -> torch.nn.Module:
@@ -141,17 +143,8 @@ class DeepSpeedActor:
         import deepspeed
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
 
-    @property
-    def adapters_only(self) -> bool:
-        """LoRA: the base weights are frozen; only the adapters train."""
-        from siirl_core.training.lora import has_adapters
-
-        return has_adapters(self.module)
-
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights under the base model's names (with LoRA: adapters merged)."""
-        from siirl_core.training.lora import merged_state
-
         with self.gathered():
             if self.adapters_only:
                 state = merged_state(self.module)
