@@ -194,7 +194,8 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     cache_dir = os.path.join(work, "cache")
     print(f"run folders and logs under {work}", flush=True)
-    make_warm_starts(seeds, work, cache_dir)
+    if any(CASES[n].warm_start for n in names):
+        make_warm_starts(seeds, work, cache_dir)
     meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "commit": commit()}
     for name in names:
         for seed in seeds:

@@ -291,6 +291,11 @@ class AgentSpec:
     # The characters it may emit (its action vocabulary), masked in sampling and training
     # alike; empty: any token, ending at EOS.
     allowed: str = ""
+    # Weight of the signalling bonus (agents/signalling.py): the mutual information between
+    # the agent's prompt and its message's first token over each step's turns, added to
+    # its policy's objective. For speakers whose team gets stuck on one message for two
+    # observations; 0: off.
+    signalling_bonus: float = 0.0
 
 
 @dataclass
@@ -301,6 +306,11 @@ class PolicySpec:
     size: str = "tiny"
     # 0: trainer.lr.
     lr: float = 0.0
+    # Standard deviation of a base policy's initial weights (transformers'
+    # initializer_range). Larger than the usual 0.02, a fresh speaker already prefers a
+    # different message for each observation, so agents learning a code from scratch
+    # start apart instead of sharing one message between observations.
+    init_std: float = 0.02
 
 
 @dataclass

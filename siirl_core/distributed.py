@@ -66,3 +66,12 @@ def pooled_mean(parts: list[tuple[float, float]]) -> float:
     its count, so ranks with more tokens count more (0 when there are none)."""
     total = sum(count for _, count in parts)
     return sum(mean * count for mean, count in parts) / total if total else 0.0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over every rank (just `t` on one rank)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    buf = t.to(collective_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)

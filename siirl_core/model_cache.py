@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.data import build_task
@@ -40,6 +41,25 @@ def warm_start_dir(cfg: SiirlConfig) -> str:
 def agent_base_dir(cfg: SiirlConfig, alphabet: str, pid: str, index: int) -> tuple[str, int]:
     """(folder, seed) of multi-agent policy `pid`'s fresh model: separate policies get
     separate initialisations (trainer.seed + the policy's index)."""
-    size, seed = cfg.agents.policy(pid).size, cfg.trainer.seed + index
-    key = cache_key(alphabet, size, cfg.model.architecture, seed)
+    spec, seed = cfg.agents.policy(pid), cfg.trainer.seed + index
+    size = spec.size
+    key = cache_key(alphabet, size, cfg.model.architecture, seed, spec.init_std)
     return os.path.join(cfg.storage.cache_dir, f"agent-base-{size}-{key}"), seed
+
+
+def staging_dir(out: str) -> str:
+    """A folder of this process's own to build cache entry `out` in (runs that share the
+    cache may build the same entry at once)."""
+    return f"{out}.tmp-{os.getpid()}"
+
+
+def publish(staged: str, out: str) -> str:
+    """Move a finished entry into place whole. When another run has just published the
+    same entry (the same key, so the same weights), keep theirs and drop ours."""
+    try:
+        os.replace(staged, out)
+    except OSError:
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            raise
+        shutil.rmtree(staged)
+    return out

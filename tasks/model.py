@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from siirl_core.config import SiirlConfig
 from siirl_core.data import build_task
-from siirl_core.model_cache import agent_base_dir, base_model_dir
+from siirl_core.model_cache import agent_base_dir, base_model_dir, publish, staging_dir
 
 
 @task(cache_policy=NO_CACHE)
@@ -18,10 +18,10 @@ def make_base_model(cfg: SiirlConfig) -> str:
 
     out = base_model_dir(cfg)
     if not os.path.isfile(os.path.join(out, "config.json")):
-        tmp = out + ".tmp"
+        tmp = staging_dir(out)
         create_model(tmp, build_task(cfg.task), cfg.model.size, cfg.model.architecture, cfg.trainer.seed,
                      cfg.model.bpe_vocab_size)
-        os.replace(tmp, out)
+        publish(tmp, out)
     return out
 
 
@@ -64,7 +64,9 @@ def make_agent_base_model(cfg: SiirlConfig, pid: str, index: int) -> str:
     alphabet = policy_alphabet(cfg)
     out, seed = agent_base_dir(cfg, alphabet, pid, index)
     if not os.path.isfile(os.path.join(out, "config.json")):
-        create_tiny_model(out + ".tmp", alphabet, size=cfg.agents.policy(pid).size,
-                          architecture=cfg.model.architecture, seed=seed)
-        os.replace(out + ".tmp", out)
+        spec = cfg.agents.policy(pid)
+        tmp = staging_dir(out)
+        create_tiny_model(tmp, alphabet, size=spec.size, architecture=cfg.model.architecture, seed=seed,
+                          init_std=spec.init_std)
+        publish(tmp, out)
     return out

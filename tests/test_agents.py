@@ -97,8 +97,10 @@ def test_masked_sampling_emits_only_allowed_tokens_with_the_trainers_logprobs(tm
     ("agents.env_args.symbols=20", "agents.env_args.symbols=20: expected 2..8"),
     ("trainer.ppo_epochs=2", "needs trainer.ppo_epochs=1"),
     ("+agents.policies.speaker.sise=small", "agents.policies.speaker: PolicySpec.__init__() got an unexpected keyword "
-                                            "argument 'sise'; expected keys init, size, lr"),
+                                            "argument 'sise'; expected keys init, size, lr, init_std"),
     ("agents.policies.speaker.init=/nowhere", "agents.policies.speaker.init='/nowhere': expected base, warm_start or"),
+    ("agents.policies.speaker.init_std=0", "agents.policies.speaker.init_std=0: expected > 0"),
+    ("agents.agents.0.signalling_bonus=-1", "agents.agents[0].signalling_bonus=-1.0: expected >= 0"),
 ])
 def test_bad_agent_configs_name_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

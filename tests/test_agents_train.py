@@ -1,7 +1,11 @@
 """Multi-agent training in process (one rank, real DeepSpeed engines): exploiting a
 biased opponent, self-play with two policies, one policy shared by two agents, and
-the alternating schedule."""
+the alternating schedule, and the signalling bonus on its own."""
+import math
+from collections import Counter
+
 import pytest
+import torch
 
 from siirl_core.agents.config_checks import policy_alphabet
 from siirl_core.agents.worker import MultiAgentWorker
@@ -16,7 +20,7 @@ pytestmark = pytest.mark.slow
 def make_worker(tmp_path, overrides: list[str]) -> MultiAgentWorker:
     cfg = compose_config(overrides)
     paths = {pid: create_tiny_model(str(tmp_path / pid), policy_alphabet(cfg), size=cfg.agents.policy(pid).size,
-                                    seed=cfg.trainer.seed + i)
+                                    seed=cfg.trainer.seed + i, init_std=cfg.agents.policy(pid).init_std)
              for i, pid in enumerate(cfg.agents.trained_policies())}
     worker = MultiAgentWorker(to_dict(cfg), paths, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
@@ -78,3 +82,45 @@ def test_debate_rounds_with_policies_of_different_sizes(tmp_path):
     # Round 1: bob sees alice's move; round 2: all three earlier moves.
     assert len(w.policies["bob"].tokenizer.decode(first.prompt_ids, skip_special_tokens=True)) == len("M?:")
     assert len(w.policies["bob"].tokenizer.decode(second.prompt_ids, skip_special_tokens=True)) == len("M???:")
+
+
+def speaker_distributions(w) -> dict[str, list[float]]:
+    """The speaker's message distribution for each symbol, by a plain forward pass."""
+    tok, module = w.policies["speaker"].tokenizer, w.actors["speaker"].module
+    ids = [tok.convert_tokens_to_ids(c) for c in w.cfg.agents.agents[0].allowed]
+    with torch.no_grad():
+        return {s: torch.softmax(module(input_ids=torch.tensor([tok(f"S{s}:")["input_ids"]])).logits[0, -1, ids],
+                                 -1).tolist() for s in "ABCD"}
+
+
+def plain_mutual_information(dists: dict[str, list[float]], weight: dict[str, float]) -> float:
+    """I(symbol; message) with symbols drawn by `weight`: H(marginal) - E[H(message | symbol)]."""
+    def h(p):
+        return -sum(x * math.log(x) for x in p if x > 0)
+    marginal = [sum(weight[s] * dists[s][m] for s in dists) for m in range(len(dists["A"]))]
+    return h(marginal) - sum(weight[s] * h(dists[s]) for s in dists)
+
+
+@pytest.mark.parametrize("bonus", [3.0, 0.0])
+def test_signalling_bonus_alone_moves_the_speaker_towards_a_code(tmp_path, bonus):
+    # The listener may only answer A, so every episode of one symbol gets the same team
+    # reward: the advantage is zero and only the bonus can train the speaker.
+    w = make_worker(tmp_path, ["agents=referential", "agents.agents.1.allowed=A", "algorithm.entropy_coef=0",
+                               f"agents.agents.0.signalling_bonus={bonus}", "trainer.prompts_per_step=8", "rollout.n=8"])
+    seen = watch_batches(w)
+    before = speaker_distributions(w)
+    m = w.run_until(1)
+    symbols = Counter(t.prompt_ids[-2] for t in seen[0].turns if t.agent == "speaker")
+    tok = w.policies["speaker"].tokenizer
+    weight = {s: symbols[tok.convert_tokens_to_ids(s)] / sum(symbols.values()) for s in "ABCD"}
+    uniform = dict.fromkeys("ABCD", 0.25)
+    w.run_until(4)
+    gain = plain_mutual_information(speaker_distributions(w), uniform) - plain_mutual_information(before, uniform)
+    if bonus:
+        # The logged value is the batch's, measured before the step's update.
+        assert m["agent/speaker/signalling/mutual_info"] == pytest.approx(plain_mutual_information(before, weight),
+                                                                         abs=1e-4)
+        assert gain > 0.3, gain
+    else:
+        assert "agent/speaker/signalling/mutual_info" not in m
+        assert abs(gain) < 1e-4, gain

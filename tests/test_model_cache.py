@@ -7,7 +7,8 @@ import pytest
 
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig
-from siirl_core.model_cache import agent_base_dir, base_model_dir, cache_key, warm_start_dir
+from siirl_core.model_cache import agent_base_dir, base_model_dir, cache_key, publish, staging_dir, warm_start_dir
+from siirl_core.models import create_tiny_model
 
 
 def _dirs(*overrides):
@@ -57,3 +58,42 @@ def test_each_agent_policy_gets_its_own_initialisation():
     assert (seed0, seed1) == (3, 4) and speaker != listener
     assert agent_base_dir(cfg, "ABCDabcd", "speaker", 0)[0] == speaker
     assert agent_base_dir(cfg, "ABCDEabcde", "speaker", 0)[0] != speaker  # another vocabulary
+    wider = compose_config(["agents=referential", "storage.cache_dir=/cache", "trainer.seed=3",
+                            "agents.policies.speaker.init_std=0.05"])
+    assert agent_base_dir(wider, "ABCDabcd", "speaker", 0)[0] != speaker
+
+
+@pytest.mark.parametrize("std", [0.02, 0.2])
+def test_init_std_is_the_spread_of_the_initial_weights(tmp_path, std):
+    from safetensors.torch import load_file
+
+    create_tiny_model(str(tmp_path), "ABCDabcd", seed=0, init_std=std)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    up = weights["model.layers.0.mlp.up_proj.weight"]  # 384 x 128 draws from N(0, std)
+    assert float(up.std()) == pytest.approx(std, rel=0.05)
+
+
+def _entry(folder, marker: str) -> str:
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        f.write(marker)
+    return folder
+
+
+def test_two_runs_publishing_the_same_entry_keep_the_first(tmp_path):
+    out = str(tmp_path / "agent-base-tiny-abc")
+    first = _entry(staging_dir(out), "first")
+    second = _entry(out + ".tmp-other-run", "second")
+    assert publish(first, out) == out
+    assert publish(second, out) == out  # the other run finished second: no error
+    with open(os.path.join(out, "config.json")) as f:
+        assert f.read() == "first"
+    assert sorted(os.listdir(tmp_path)) == ["agent-base-tiny-abc"]  # the second copy is gone
+
+
+def test_publishing_over_a_folder_that_is_not_an_entry_is_an_error(tmp_path):
+    out = tmp_path / "agent-base-tiny-abc"
+    (out / "sub").mkdir(parents=True)  # not empty, and no config.json
+    with pytest.raises(OSError):
+        publish(_entry(staging_dir(str(out)), "mine"), str(out))
+    assert (out / "sub").is_dir()

@@ -42,6 +42,8 @@ def _check_agent(i: int, a, names: list[str], policies: dict) -> None:
     if a.max_new_tokens < 1 or a.temperature <= 0:
         raise ConfigError(f"{key}: max_new_tokens must be >= 1 and temperature > 0 "
                           f"(got {a.max_new_tokens}, {a.temperature})")
+    if a.signalling_bonus < 0:
+        raise ConfigError(f"{key}.signalling_bonus={a.signalling_bonus}: expected >= 0")
 
 
 @config_rule("agents")
@@ -70,9 +72,11 @@ def validate_agents(cfg) -> None:
         try:
             p = a.policy(pid)
         except TypeError as err:
-            raise ConfigError(f"agents.policies.{pid}: {err}; expected keys init, size, lr") from None
+            raise ConfigError(f"agents.policies.{pid}: {err}; expected keys init, size, lr, init_std") from None
         if p.size not in SIZES:
             raise ConfigError(f"agents.policies.{pid}.size={p.size!r} is not allowed; expected one of {sorted(SIZES)}")
+        if not p.init_std > 0:
+            raise ConfigError(f"agents.policies.{pid}.init_std={p.init_std}: expected > 0")
         if p.init not in ("base", "warm_start") and not os.path.isfile(os.path.join(p.init, "config.json")):
             raise ConfigError(f"agents.policies.{pid}.init={p.init!r}: expected base, warm_start or an HF model "
                               "directory (a folder with config.json)")

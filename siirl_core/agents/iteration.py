@@ -8,6 +8,7 @@ import torch
 
 from siirl_core.agents.credit import CREDIT_ASSIGNMENTS
 from siirl_core.agents.episodes import allowed_mask, restrict, run_episodes
+from siirl_core.agents.signalling import pooled_statistics, signalling_surrogate
 from siirl_core.algorithms import ADVANTAGE_ESTIMATORS
 from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_logits
 from siirl_core.batch import Node, pad_rollout
@@ -108,13 +109,22 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
     temps = torch.tensor([temperature[x.agent] for x in turns])  # [B]
     adv = advantages[:, None] * t.response_mask  # [B, R]
     n, micro_size, tokens = len(turns), w.cfg.trainer.micro_batch_size, 0
-    for micro in torch.arange(n).split(micro_size):
+
+    def policy_logits(micro: torch.Tensor) -> torch.Tensor:
+        """The masked, tempered logits [b, R, V] the turns were sampled from."""
         logits = response_logits(actor.engine, t.input_ids[micro], t.attention_mask[micro], t.response_len)
         dev = logits.device  # the actor's; the batch is built on the CPU
-        logits = restrict(logits / temps[micro, None, None].to(dev), masks[micro].to(dev))  # [b, R, V]
+        return restrict(logits / temps[micro, None, None].to(dev), masks[micro].to(dev))
+
+    bonus = _signalling_terms(w, turns, policy_logits, bag)
+    for micro in torch.arange(n).split(micro_size):
+        logits = policy_logits(micro)
+        dev = logits.device
         lp = logprobs_from_logits(logits, t.input_ids[micro][:, -t.response_len:].to(dev))
         loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro].to(dev),
                                     t.response_mask[micro].to(dev), w.cfg.algorithm)
+        if bonus is not None:
+            loss = loss - bonus(micro, logits)
         actor.accumulate(loss, len(micro) / n)
         weight = float(t.response_mask[micro].sum())
         tokens += int(t.attention_mask[micro].sum())
@@ -123,6 +133,41 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
     bag.add(f"policy/{pid}/actor/grad_norm", actor.grad_norm())
     bag.add(f"policy/{pid}/actor/lr", actor.current_lr())
     return tokens
+
+
+def _signalling_terms(w, turns: list, policy_logits, bag: MetricBag):
+    """For agents with a signalling bonus: log each one's I(prompt; first token) over the
+    step's turns (all ranks) and return bonus(micro, logits) -> the micro-batch's share
+    of the weighted bonus (to subtract from its mean loss); None when no agent has one."""
+    weights = {a.name: a.signalling_bonus for a in w.cfg.agents.agents}
+    agents = sorted({x.agent for x in turns if weights[x.agent] > 0})
+    if not agents:
+        return None
+    row_agent = [x.agent for x in turns]
+    with torch.no_grad():
+        first = torch.cat([torch.log_softmax(policy_logits(micro)[:, 0].float(), -1).cpu()
+                           for micro in torch.arange(len(turns)).split(w.cfg.trainer.micro_batch_size)])
+    marginal, count = {}, {}
+    for name in agents:
+        rows = first[[i for i, a in enumerate(row_agent) if a == name]]  # [N_a, V] log-probs
+        marginal[name], info, count[name] = pooled_statistics(rows)
+        bag.add(f"agent/{name}/signalling/mutual_info", info)
+
+    # The engine averages gradients over ranks and each rank's loss is a mean over its
+    # len(turns) rows: this scale makes the bonus weight x the mean over the agent's turns
+    # on every rank.
+    scale = {name: weights[name] * w.world_size * len(turns) / count[name] for name in agents}
+
+    def bonus(micro: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits[:, 0].float(), -1)  # [b, V]
+        out = logits.new_zeros(())
+        for j, i in enumerate(micro.tolist()):
+            name = row_agent[i]
+            if name in marginal:
+                out = out + scale[name] * signalling_surrogate(logp[j:j + 1], marginal[name].to(logp.device))[0]
+        return out / len(micro)
+
+    return bonus
 
 
 EPISODE_NODES = (

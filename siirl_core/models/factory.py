@@ -25,7 +25,7 @@ ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
 MAX_POSITIONS = 128
 
 
-def make_model_config(size: str, architecture: str, vocab_size: int, tokenizer):
+def make_model_config(size: str, architecture: str, vocab_size: int, tokenizer, init_std: float = 0.02):
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; expected one of {sorted(SIZES)}")
     if architecture not in ARCHITECTURES:
@@ -40,16 +40,18 @@ def make_model_config(size: str, architecture: str, vocab_size: int, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
+        initializer_range=init_std,
         **dims,
     )
 
 
 def create_tiny_model(out_dir: str, alphabet: str, size: str = "tiny", architecture: str = "llama",
-                      seed: int = 0) -> str:
-    """Write a randomly initialised model of the named size to out_dir."""
+                      seed: int = 0, init_std: float = 0.02) -> str:
+    """Write a randomly initialised model of the named size to out_dir (weights drawn
+    with standard deviation init_std)."""
     tokenizer = build_char_tokenizer(alphabet)
-    return _write_random_model(out_dir, make_model_config(size, architecture, len(tokenizer), tokenizer),
-                               tokenizer, seed)
+    config = make_model_config(size, architecture, len(tokenizer), tokenizer, init_std)
+    return _write_random_model(out_dir, config, tokenizer, seed)
 
 
 def _write_random_model(out_dir: str, config, tokenizer, seed: int) -> str:

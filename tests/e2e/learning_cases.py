@@ -28,6 +28,8 @@ class LearningCase:
     absolute: bool = False
     # Writes the case's input files into a folder and returns the overrides that name them.
     inputs: Optional[Callable[[str], tuple[str, ...]]] = None
+    # Starts from the task's shared warm start (the games between fresh models do not).
+    warm_start: bool = True
 
     def command(self, run_dir: str, cache_dir: str, seed: int | None = None) -> list[str]:
         """The command line; writes the case's input files (if any) beside run_dir first."""
@@ -97,7 +99,7 @@ CASES = {c.name: c for c in [
                  "tests/e2e/test_retrain.py"),
     LearningCase("solver_verifier", ("train", "agents=solver_verifier"), 40, 0.05, "tests/e2e/test_multi_agent.py"),
     LearningCase("rps_biased", ("train", "agents=rps_biased"), 20, 0.6, "tests/test_agents_train.py",
-                 absolute=True),
-    LearningCase("referential", ("train", "agents=referential"), 120, 0.6, "tests/e2e/test_multi_agent.py",
-                 absolute=True),
+                 absolute=True, warm_start=False),
+    LearningCase("referential", ("train", "agents=referential"), 120, 0.7, "tests/e2e/test_multi_agent.py",
+                 absolute=True, warm_start=False),
 ]}
