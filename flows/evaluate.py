@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from rich.markdown import Markdown
 
 from flows.progress import console
+from flows.watcher import on_running
 from siirl_core.compose import compose_config
 from siirl_core.config_checks import single_policy_only
 from tasks.evaluation import fetch_policy, resolve_source, sample_and_score, save_results
@@ -22,7 +23,7 @@ def _markdown(source: dict, results: dict, where: str) -> str:
                       "", f"Saved to `{where}`."])
 
 
-@flow(name="siirl-evaluate", log_prints=True)
+@flow(name="siirl-evaluate", log_prints=True, on_running=[on_running])
 def evaluate_flow(overrides: list[str] | None = None) -> dict:
     cfg = compose_config(list(overrides or []))  # fails here, before any model is loaded
     single_policy_only(cfg, "evaluate")

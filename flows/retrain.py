@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.training_run import run_training
+from flows.watcher import on_running
 from siirl_core import checkpoint as ckpt
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig
@@ -70,7 +71,7 @@ def _verdict_markdown(d: dict) -> str:
         "", f"Margin {d['margin']}: {d['reason']}."])
 
 
-@flow(name="siirl-retrain", log_prints=True)
+@flow(name="siirl-retrain", log_prints=True, on_running=[on_running])
 def retrain_flow(overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
     cfg = compose_config(overrides)  # fails here, before any model is loaded

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from typing import Callable
 
 from siirl_core.metrics import read_metrics
 from tests.conftest import ROOT, siirl_cli
@@ -38,6 +39,23 @@ def run_siirl_killing_a_rank(args: list[str], run_dir: str, after_step: int, ran
     metrics log, SIGKILL one rank's worker process (ranks.json names it), as a crash or
     the kernel's OOM killer would. Returns the finished process (stdout and stderr
     together in .stdout) and the killed pid."""
+    def rank_pid(_proc) -> int:
+        with open(os.path.join(run_dir, "ranks.json")) as f:
+            return json.load(f)[rank]["pid"]
+
+    proc, victim, _ = run_siirl_killing(args, run_dir, after_step, rank_pid, timeout)
+    return proc, victim
+
+
+def run_siirl_killing(args: list[str], run_dir: str, after_step: int, choose: Callable[[subprocess.Popen], int],
+                      timeout: int = 900) -> tuple[subprocess.CompletedProcess, int, list]:
+    """Run `siirl` and SIGKILL the process `choose(proc)` names once `after_step` steps are
+    in the metrics log, then wait up to 60 s for every process `siirl` had started to end.
+    Returns the finished process (stdout and stderr together in .stdout), the killed pid,
+    and those of its descendants at the time of the kill still running after the wait
+    (psutil.Process objects)."""
+    import psutil
+
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nobody reads a pipe while we wait
@@ -45,20 +63,23 @@ def run_siirl_killing_a_rank(args: list[str], run_dir: str, after_step: int, ran
         try:
             deadline = time.time() + timeout
             while not (os.path.exists(metrics_path) and _lines(metrics_path) >= after_step):
-                log.seek(0)
-                assert proc.poll() is None, f"the run ended before step {after_step}:\n{log.read()[-5000:]}"
+                if proc.poll() is not None:  # seek only then: `siirl` writes at the offset this file shares
+                    log.seek(0)
+                    raise AssertionError(f"the run ended before step {after_step}:\n{log.read()[-5000:]}")
                 assert time.time() < deadline, f"step {after_step} not reached in {timeout} s"
                 time.sleep(0.02)
-            with open(os.path.join(run_dir, "ranks.json")) as f:
-                victim = json.load(f)[rank]["pid"]
+            victim = choose(proc)
+            descendants = psutil.Process(proc.pid).children(recursive=True)
             os.kill(victim, signal.SIGKILL)
             proc.wait(timeout=timeout)
+            # What `siirl` started ends with it (its last words go to the same log).
+            _, left = psutil.wait_procs(descendants, timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
         log.seek(0)
         out = log.read()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), victim
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), victim, left
 
 
 def _lines(path: str) -> int:

@@ -4,12 +4,15 @@ in its final weights; with retries, the failed iteration is retried from the new
 checkpoint with a consistent log."""
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from siirl_core import checkpoint as ckpt
-from tests.e2e.helpers import metrics_by_step, run_siirl, run_siirl_killing_a_rank, summary
+from tests.e2e.helpers import metrics_by_step, run_siirl, run_siirl_killing, run_siirl_killing_a_rank, summary
 
 pytestmark = pytest.mark.slow
 # Same seeds, same restored weights and optimizer state: the replay is bit-for-bit
@@ -101,4 +104,38 @@ def test_save_error_with_continue_keeps_training(tmp_path, cache_dir, uninterrup
                       "storage.on_save_error=continue"])
     assert "checkpoint step 2 not saved, training continues" in proc.stdout + proc.stderr
     assert [s for s, _ in ckpt.complete_checkpoints(run_dir)] == [4, 6]
+    assert_same_run(uninterrupted, metrics_by_step(run_dir))
+
+
+def flow_run_state(name: str) -> str:
+    """The state Prefect's database holds for the flow run of that name, read by a new
+    process as the Prefect UI would."""
+    code = ("import sys\nfrom prefect.client.orchestration import get_client\n"
+            "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName\n"
+            "with get_client(sync_client=True) as c:\n"
+            "    runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sys.argv[1]])))\n"
+            "    print('STATE', ','.join(r.state.type.value for r in runs))\n")
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env, timeout=300)
+    found = re.search(r"^STATE (.*)$", out.stdout, re.M)
+    assert found, out.stdout + out.stderr
+    return found.group(1)
+
+
+def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path, cache_dir, uninterrupted):
+    """SIGKILL of `siirl train` itself (with cluster=local it holds the Dask scheduler and
+    starts Prefect's temporary server): every process it started ends, its flow run is
+    Crashed in Prefect's database, and the same command resumes from the newest checkpoint."""
+    run_dir = str(tmp_path / "run")
+    common = ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT]
+    proc, victim, left = run_siirl_killing(common, run_dir, after_step=3, choose=lambda p: p.pid)
+    assert proc.returncode == -signal.SIGKILL
+    assert left == [], [p.cmdline() for p in left]
+    name = re.search(r"Beginning flow run '([^']+)'", proc.stdout).group(1)
+    assert f"siirl: process {victim} ended without cleaning up: marked flow run(s)" in proc.stdout, proc.stdout[-3000:]
+    assert flow_run_state(name) == "CRASHED"
+
+    run_siirl(common)
+    saved = summary(run_dir)["resumed_from_step"]
+    assert saved in (2, 4), saved
     assert_same_run(uninterrupted, metrics_by_step(run_dir))
