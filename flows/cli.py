@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's temporary server gets 20 s to start by default; on a loaded 2-core machine
     # it took longer once (seen while two test runs shared this machine).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from flows.run_lock import RunFolderBusy, refuse_if_busy
     from siirl_core.compose import compose_config
     from siirl_core.config import ConfigError
     from siirl_core.config_checks import make_run_dir, single_policy_only
@@ -28,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         if command in ("retrain", "evaluate"):
             single_policy_only(cfg, command)
         if command == "train":
-            make_run_dir(cfg)
+            refuse_if_busy(make_run_dir(cfg), cfg.storage.uri)
     except ConfigError as err:
         print(f"siirl: configuration error: {err}", file=sys.stderr)
+        return 2
+    except RunFolderBusy as err:
+        print(f"siirl: {err}", file=sys.stderr)
         return 2
     if command == "train":
         from flows.train import train_flow as run

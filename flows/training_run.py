@@ -3,12 +3,15 @@ find the checkpoint to resume from, warm start if needed, start the rank group, 
 iterate, evaluate, checkpoint and export through thin Prefect tasks."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
 from prefect import get_run_logger
+from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact
 
+from flows import run_lock
 from flows.progress import console, describe, progress_bar, summary_table
 from flows.sft import sft_flow
 from infra.cluster import dask_client
@@ -81,10 +84,24 @@ def _record_driver_traffic(group, client, run_dir: str) -> None:
 
 
 def run_training(overrides: list[str]) -> dict:
-    """The training run itself, inside whichever flow calls it."""
+    """The training run itself, inside whichever flow calls it, holding its run folder's
+    lock (flows/run_lock.py) from start to end."""
     cfg = compose_config(overrides)  # fails here, before any model is loaded
     logger = get_run_logger()
     run_dir = make_run_dir(cfg)
+    stale = run_lock.acquire(run_dir, cfg.storage.uri, str(flow_run.id), flow_run.name,
+                             datetime.datetime.now().isoformat(timespec="seconds"))
+    if stale and run_lock.crash_stale_flow_run(stale):
+        logger.warning("the run that held %s before (pid %s, flow run %s) is gone: marked its flow run Crashed",
+                       run_dir, stale["pid"], stale.get("flow_run_name"))
+    try:
+        return _run_training(cfg, overrides, run_dir)
+    finally:
+        run_lock.release(run_dir)
+
+
+def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
+    logger = get_run_logger()
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(to_dict(cfg), f, indent=1)
     candidates = find_checkpoint(cfg)  # before any compute: a storage fault stops the run here
