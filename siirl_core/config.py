@@ -243,6 +243,10 @@ class RewardConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # Seconds per call (per batch when batched); a call past it scores error_score.
     timeout_s: float = 10.0
+    # Calls of one batch run at once in this many threads, so that a function that hangs
+    # costs one timeout per batch, not one per sample. 1: one call at a time (for a
+    # function that is not thread-safe).
+    threads: int = 8
     # When the function raises or times out: score the sample error_score and go on, or stop.
     on_error: str = "score"
     error_score: float = 0.0

@@ -1,6 +1,7 @@
 """Built-in rewards, user reward functions from a file, and failures handled as configured."""
 import logging
 import textwrap
+import time
 
 import pytest
 
@@ -155,3 +156,35 @@ def test_error_rate_settings_are_checked_at_config_time():
         compose_config(["reward.max_error_rate=1.5"])
     with pytest.raises(ConfigError, match=r"reward.max_error_batches=0 is not allowed; expected a number > 0"):
         compose_config(["reward.max_error_batches=0"])
+
+
+def _hanging(starts: list):
+    def fn(data_source, solution_str, ground_truth, extra_info):
+        starts.append(time.monotonic())
+        time.sleep(3)  # far past the timeout; short enough not to hold the test process at exit
+        return 1.0
+    return fn
+
+
+def test_hanging_calls_time_out_together_not_one_after_another():
+    starts: list = []
+    scorer = RewardScorer(_hanging(starts), "hangs", {}, False, 0.5, "score", -1.0, threads=8)
+    out = scorer.score([_sample("x", "x", i) for i in range(6)])
+    assert out.rewards == [-1.0] * 6 and out.timeouts == 6
+    # Every call had started before the first one's timeout ran out: one timeout for the batch.
+    assert len(starts) == 6 and max(starts) - min(starts) < 0.5
+
+
+def test_calls_waiting_behind_hung_threads_still_run():
+    starts: list = []
+    scorer = RewardScorer(_hanging(starts), "hangs", {}, False, 0.3, "score", 0.0, threads=4)
+    out = scorer.score([_sample("x", "x", i) for i in range(12)])
+    # Three waves of four: each wave's stuck threads are left behind and the next wave
+    # gets a fresh pool (without it, calls 5-12 would wait forever).
+    assert out.timeouts == 12 and len(starts) == 12
+
+
+def test_a_function_that_never_returns_stops_the_run_within_a_batch():
+    scorer = RewardScorer(_hanging([]), "stuck", {}, False, 0.3, "score", 0.0, threads=8)
+    with pytest.raises(RewardError, match=r"reward function stuck timed out 24 times; each left a thread behind"):
+        scorer.score([_sample("x", "x", i) for i in range(64)])

@@ -13,7 +13,7 @@ def build_reward_scorer(reward_cfg, task) -> RewardScorer:
     fn = load_reward_function(name, reward_cfg.batched, reward_cfg.kwargs)
     return RewardScorer(fn, name, reward_cfg.kwargs, reward_cfg.batched, reward_cfg.timeout_s,
                         reward_cfg.on_error, reward_cfg.error_score, reward_cfg.max_error_rate,
-                        reward_cfg.max_error_batches)
+                        reward_cfg.max_error_batches, reward_cfg.threads)
 
 __all__ = ["build_reward_scorer", "REWARDS", "RewardError", "RewardFunctionError", "RewardScorer", "Scored", "add_format_bonus", "exact_match", "extract_numeric_answer",
            "load_reward_function"]

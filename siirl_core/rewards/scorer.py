@@ -1,5 +1,6 @@
-"""Calling reward functions safely: each call (or each batch, for batched functions)
-runs with a timeout in a helper thread; an exception, a timeout or a return value that is
+"""Calling reward functions safely: the calls of a batch (one per sample, or one for the
+batch when batched) run at once in `reward.threads` helper threads, each with its own
+timeout from when it starts; an exception, a timeout or a return value that is
 not a finite number gives the sample `reward.error_score`, is counted, and is logged once
 with the sample's id, unless `reward.on_error=stop`, which stops the run with that message.
 A function that fails on more than `reward.max_error_rate` of a batch's samples for
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 log = logging.getLogger("siirl.reward")
@@ -17,6 +18,7 @@ log = logging.getLogger("siirl.reward")
 # Past this many, the run stops rather than pile up threads.
 MAX_ABANDONED_THREADS = 16
 _FAILED = object()  # a call that raised or timed out (None is a return value to reject)
+_POLL_S = 0.05  # how often running calls are checked against their timeout
 
 
 class RewardError(RuntimeError):
@@ -52,11 +54,12 @@ def _unpack(result) -> tuple[float, float]:
 
 class RewardScorer:
     def __init__(self, fn, name: str, kwargs: dict, batched: bool, timeout_s: float, on_error: str,
-                 error_score: float, max_error_rate: float = 1.0, max_error_batches: int = 1):
+                 error_score: float, max_error_rate: float = 1.0, max_error_batches: int = 1, threads: int = 1):
         self.fn, self.name, self.kwargs, self.batched = fn, name, dict(kwargs), batched
         self.timeout_s, self.on_error, self.error_score = timeout_s, on_error, error_score
         self.max_error_rate, self.max_error_batches = max_error_rate, max_error_batches
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siirl-reward")
+        self.threads = threads
+        self._pool = self._new_pool()
         self._abandoned = 0
         self._failing_batches = 0  # in a row, above max_error_rate
         self._logged: set[str] = set()
@@ -65,20 +68,23 @@ class RewardScorer:
     def score(self, samples: list[dict]) -> Scored:
         """samples: dicts with data_source, solution_str, ground_truth, extra_info (holding `id`)."""
         out = Scored([], [])
-        pairs = self._score_batch(samples, out) if self.batched else [self._score_one(s, out) for s in samples]
+        pairs = self._score_batch(samples, out) if self.batched else self._score_each(samples, out)
+        position = {s["extra_info"].get("id", "?"): k for k, s in enumerate(samples)}
+        out.failed_ids.sort(key=lambda sid: position.get(sid, len(samples)))  # calls end in any order
         out.rewards = [p[0] for p in pairs]
         out.accuracies = [p[1] for p in pairs]
         self._check_error_rate(len(samples), out)
         return out
 
-    def _score_one(self, s: dict, out: Scored) -> tuple[float, float]:
-        r = self._call([s], lambda: self.fn(s["data_source"], s["solution_str"], s["ground_truth"],
-                                            s["extra_info"], **self.kwargs), out)
-        return (self.error_score, 0.0) if r is _FAILED else self._unpacked(r, s, out)
+    def _score_each(self, samples: list[dict], out: Scored) -> list[tuple[float, float]]:
+        results = self._call_all([[s] for s in samples], [
+            lambda s=s: self.fn(s["data_source"], s["solution_str"], s["ground_truth"], s["extra_info"], **self.kwargs)
+            for s in samples], out)
+        return [(self.error_score, 0.0) if r is _FAILED else self._unpacked(r, s, out) for r, s in zip(results, samples)]
 
     def _score_batch(self, samples: list[dict], out: Scored) -> list[tuple[float, float]]:
-        results = self._call(samples, lambda: self.fn(*[[s[k] for s in samples] for k in (
-            "data_source", "solution_str", "ground_truth", "extra_info")], **self.kwargs), out)
+        results = self._call_all([samples], [lambda: self.fn(*[[s[k] for s in samples] for k in (
+            "data_source", "solution_str", "ground_truth", "extra_info")], **self.kwargs)], out)[0]
         if results is _FAILED:
             return [(self.error_score, 0.0)] * len(samples)
         if not isinstance(results, (list, tuple)) or len(results) != len(samples):
@@ -96,18 +102,43 @@ class RewardScorer:
             self._fail([sample], "bad return value", str(err), out)
             return self.error_score, 0.0
 
-    def _call(self, samples: list[dict], thunk, out: Scored):
-        future = self._pool.submit(thunk)
-        try:
-            return future.result(timeout=self.timeout_s)
-        except FutureTimeout:
-            out.timeouts += len(samples)
-            self._abandon()
-            self._fail(samples, "timeout", f"no result within reward.timeout_s={self.timeout_s}", out)
-        except Exception as err:  # the user's code: any exception is a failed sample
-            out.errors += len(samples)
-            self._fail(samples, type(err).__name__, str(err), out)
-        return _FAILED
+    def _call_all(self, groups: list[list[dict]], thunks: list, out: Scored) -> list:
+        """Run every thunk (thunks[i] scores groups[i]) and return its result or _FAILED.
+        A call running longer than timeout_s is given up; its thread cannot be stopped, so
+        the calls still waiting for a thread move to a fresh pool."""
+        started: dict[int, float] = {}
+
+        def timed(i: int):
+            started[i] = time.monotonic()
+            return thunks[i]()
+
+        pending = {self._pool.submit(timed, i): i for i in range(len(thunks))}
+        results: list = [_FAILED] * len(thunks)
+        while pending:
+            done, _ = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=pending.get):  # failures are reported in sample order
+                i = pending.pop(future)
+                try:
+                    results[i] = future.result()
+                except Exception as err:  # the user's code: any exception is a failed sample
+                    out.errors += len(groups[i])
+                    self._fail(groups[i], type(err).__name__, str(err), out)
+            now = time.monotonic()
+            late = [f for f, i in pending.items() if i in started and now - started[i] > self.timeout_s]
+            for future in late:
+                i = pending.pop(future)
+                out.timeouts += len(groups[i])
+                self._fail(groups[i], "timeout", f"no result within reward.timeout_s={self.timeout_s}", out)
+            if late:
+                waiting = [(f, i) for f, i in pending.items() if f.cancel()]
+                self._abandon(len(late))
+                for future, i in waiting:
+                    del pending[future]
+                    pending[self._pool.submit(timed, i)] = i
+        return results
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="siirl-reward")
 
     def _check_error_rate(self, n: int, out: Scored) -> None:
         failed = out.errors + out.timeouts
@@ -121,10 +152,11 @@ class RewardScorer:
                 f"reward.max_error_rate={self.max_error_rate}, in {self._failing_batches} batches in a row; the run "
                 f"stops rather than train on reward.error_score. Last failure: {self._last_failure}")
 
-    def _abandon(self) -> None:
+    def _abandon(self, calls: int) -> None:
+        """Give up `calls` stuck calls: their threads stay behind, later calls get a fresh pool."""
         self._pool.shutdown(wait=False)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siirl-reward")
-        self._abandoned += 1
+        self._pool = self._new_pool()
+        self._abandoned += calls
         if self._abandoned > MAX_ABANDONED_THREADS:
             raise RewardError(f"reward function {self.name} timed out {self._abandoned} times; "
                               "each left a thread behind, so the run stops")

@@ -90,6 +90,7 @@ def _reward_rule(cfg) -> None:
     r = cfg.reward
     one_of("reward.on_error", r.on_error, {"score", "stop"})
     positive("reward.timeout_s", r.timeout_s)
+    positive("reward.threads", r.threads)
     positive("reward.max_error_batches", r.max_error_batches)
     if not 0 <= r.max_error_rate <= 1:
         raise ConfigError(f"reward.max_error_rate={r.max_error_rate}: expected a share of samples in [0, 1]")
