@@ -26,11 +26,15 @@ def test_engine_state_loads_without_pickled_code(rank_worker, tmp_path):
     assert {f.name for f in files} == {"mp_rank_00_model_states.pt"}
     state = load_without_code(str(files[0]))
     assert state["optimizer"]["param_groups"][0]["fused"] and "lr_scheduler" in state  # AdamW's own state dict
-    before = {k: v.clone() for k, v in rank_worker.actor.named_weights()}
+    saved = {k: v.clone() for k, v in rank_worker.actor.named_weights()}
+    with torch.no_grad():  # move every weight away from the saved values: a load that does nothing fails below
+        for p in engine.module.parameters():
+            p.add_(1.0)
+    assert not any(torch.equal(saved[k], v) for k, v in rank_worker.actor.named_weights())
     engine.load_checkpoint(str(tmp_path / "engine"), tag="state", load_optimizer_states=True,
                            load_lr_scheduler_states=True)
     after = dict(rank_worker.actor.named_weights())
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(after) == sorted(saved) and all(torch.equal(saved[k], after[k]) for k in saved)
 
     marker = tmp_path / "code-ran"
     torch.save({"module": _RunsCodeWhenLoaded(str(marker))}, str(files[0]))
