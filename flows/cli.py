@@ -15,17 +15,30 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, overrides = argv[0], argv[1:]
+    if "-h" in overrides or "--help" in overrides:
+        from flows.cli_help import help_text
+
+        print(help_text(command))
+        return 0
+    print_config = overrides[-2:] == ["--cfg", "job"]
+    if print_config:
+        overrides = overrides[:-2]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's temporary server gets 20 s to start by default; on a loaded 2-core machine
     # it took longer once (seen while two test runs shared this machine).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.run_lock import RunFolderBusy, refuse_if_busy
     from siirl_core.compose import compose_config
-    from siirl_core.config import ConfigError
+    from omegaconf import OmegaConf
+
+    from siirl_core.config import ConfigError, to_dict
     from siirl_core.config_checks import make_run_dir, single_policy_only
 
     try:
         cfg = compose_config(overrides)  # validate before Prefect, Dask or any model starts
+        if print_config:
+            print(OmegaConf.to_yaml(to_dict(cfg)), end="")
+            return 0
         if command in ("retrain", "evaluate"):
             single_policy_only(cfg, command)
         if command == "train":

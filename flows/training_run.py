@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact
 
 from flows import run_lock
-from flows.progress import console, describe, progress_bar, summary_table
+from flows.progress import console, describe, progress_bar, summary_markdown, summary_table
 from flows.sft import sft_flow
 from infra.cluster import dask_client
 from infra.rank_group import start_rank_group
@@ -134,6 +134,5 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     console.print(summary_table(summary))
-    create_markdown_artifact(key="siirl-train-summary", markdown="\n".join(
-        ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()]))
+    create_markdown_artifact(key="siirl-train-summary", markdown=summary_markdown(summary))
     return summary

@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import pytest
+import yaml
 
 from siirl_core.compose import compose_config
 from siirl_core.config import ConfigError
@@ -86,6 +87,31 @@ def test_cli_names_a_run_folder_it_cannot_create():
     assert proc.returncode == 2
     assert "configuration error: storage.uri='/proc/siirl-run': cannot create the run folder" in proc.stderr
     assert "Starting temporary server" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "retrain", "evaluate"])
+def test_every_command_has_help(command, tmp_path):
+    proc = subprocess.run(siirl_cli() + [command, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith(f"usage: siirl {command} ")
+    # Every group folder of conf/ with its options, the default marked; common keys with the
+    # defaults a run gets (conf/trainer/default.yaml and the schema).
+    assert "  model      llama-3.2-1b, local, medium, mini*," in out and "  rollout    hf, vllm*" in out
+    assert "  trainer.steps                [100]" in out and "  rollout.n                    [8]" in out
+    assert f"siirl {command} [overrides] --cfg job" in out
+    assert os.listdir(tmp_path) == []  # nothing made, not even a run folder
+
+
+def test_cfg_job_prints_the_resolved_config_without_running(tmp_path):
+    proc = subprocess.run(siirl_cli() + ["train", "trainer.steps=7", "rollout=hf", "--cfg", "job"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["trainer"]["steps"] == 7 and printed["rollout"]["backend"] == "hf"
+    assert printed["trainer"]["lr"] == compose_config([]).trainer.lr
+    assert "Starting temporary server" not in proc.stdout + proc.stderr and os.listdir(tmp_path) == []
 
 
 def test_derived_numbers_by_hand():
