@@ -9,9 +9,10 @@ import os
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows import run_lock
+from flows.curves import write_curves
 from flows.progress import console, describe, progress_bar, summary_markdown, summary_table
 from flows.sft import sft_flow
 from infra.cluster import dask_client
@@ -19,7 +20,7 @@ from infra.rank_group import start_rank_group
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.config_checks import make_run_dir
-from siirl_core.metrics import MetricSinks
+from siirl_core.metrics import MetricSinks, read_metrics
 from tasks.model import make_agent_base_model, make_base_model
 from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
                             restore_checkpoint, save_checkpoint)
@@ -55,19 +56,34 @@ def _initial_eval(group, cfg: SiirlConfig, start: int) -> dict:
     return result
 
 
-def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: MetricSinks) -> dict:
+def _train_loop(cfg: SiirlConfig, group, run_dir: str, start: int, sinks: MetricSinks, before: dict) -> dict:
     run_iteration, evaluate = iteration_task(cfg), evaluation_task(cfg)
     metrics: dict = {}
-    with progress_bar(cfg.trainer.steps, start) as bar:
-        for step in range(start + 1, cfg.trainer.steps + 1):
+    steps = cfg.trainer.steps
+    progress = create_progress_artifact(100.0 * start / steps, key="siirl-train-progress",
+                                        description=f"steps done of {steps} ({run_dir})")
+    with progress_bar(steps, start) as bar:
+        for step in range(start + 1, steps + 1):
             metrics = run_iteration(group, step, cfg)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
                 metrics.update(evaluate(group, f"step-{step}", cfg, step))
             sinks.write(step, metrics)
+            if "val/accuracy" in metrics:
+                _draw_curves(run_dir, before)
+            update_progress_artifact(progress, 100.0 * step / steps)
             bar.update(bar.task_ids[0], advance=1, description=describe(metrics))
             if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0 or step == cfg.trainer.steps):
                 save_checkpoint(group, cfg, step, metrics)
     return metrics
+
+
+def _draw_curves(run_dir: str, before: dict, after: dict | None = None, steps: int = 0) -> str:
+    """curves.png from the metrics log so far, with the evaluations before training and,
+    at the end, the final one."""
+    path = os.path.join(run_dir, "curves.png")
+    extra = ((0, before["val/accuracy"]),) + (((steps, after["val/accuracy"]),) if after else ())
+    write_curves(read_metrics(run_dir), path, extra_val=extra)
+    return path
 
 
 def _record_driver_traffic(group, client, run_dir: str) -> None:
@@ -119,8 +135,9 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
         start = restore_checkpoint(group, cfg, candidates)
         sinks = MetricSinks(run_dir, resumed_from=start)
         before = _initial_eval(group, cfg, start)
-        last = _train_loop(cfg, group, run_dir, start, sinks)
+        last = _train_loop(cfg, group, run_dir, start, sinks, before)
         after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
+        curves = _draw_curves(run_dir, before, after, cfg.trainer.steps)
         final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
         sinks.close()
         _record_driver_traffic(group, client, run_dir)
@@ -129,7 +146,8 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
         "val_accuracy_before": before["val/accuracy"], "val_accuracy_after": after["val/accuracy"],
         "checkpoints": cfg.checkpoint_root.rstrip("/") + "/checkpoints", "final_policy": final_dir,
         "metrics_jsonl": sinks.jsonl_path, "tensorboard": os.path.join(run_dir, "tensorboard"),
-        "last_train_accuracy": last.get("reward/accuracy", float("nan")),
+        "last_train_accuracy": last.get("reward/accuracy", float("nan")), "curves": curves,
+        "flow_run": flow_run.name, "flow_run_id": str(flow_run.id),
     }
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

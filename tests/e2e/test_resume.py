@@ -139,3 +139,26 @@ def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path
     saved = summary(run_dir)["resumed_from_step"]
     assert saved in (2, 4), saved
     assert_same_run(uninterrupted, metrics_by_step(run_dir))
+
+
+def test_a_run_reports_progress_curves_and_summary_in_prefect(uninterrupted_dir):
+    """What an operator sees without reading the JSONL: curves.png in the run folder, and
+    in Prefect's database (as the UI reads it) the progress and summary artifacts of the
+    flow run that summary.json names."""
+    s = summary(uninterrupted_dir)
+    assert s["curves"] == os.path.join(uninterrupted_dir, "curves.png") and os.path.getsize(s["curves"]) > 10_000
+    code = ("import sys\nfrom prefect.client.orchestration import get_client\n"
+            "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
+            "with get_client(sync_client=True) as c:\n"
+            "    arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId("
+            "any_=[sys.argv[1]])))\n"
+            "    for a in arts:\n"
+            "        print('ART', a.type, a.key, repr(a.data)[:400])\n")
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    out = subprocess.run([sys.executable, "-c", code, s["flow_run_id"]], capture_output=True, text=True, env=env,
+                         timeout=300).stdout
+    arts = {m.group(2): (m.group(1), m.group(3)) for m in re.finditer(r"^ART (\S+) (\S+) (.*)$", out, re.M)}
+    kind, progress = arts["siirl-train-progress"]
+    assert kind == "progress" and float(progress) == 100.0, out
+    kind, markdown = arts["siirl-train-summary"]
+    assert kind == "markdown" and "| val_accuracy_before |" in markdown and "greedy, held-out prompts" in markdown
