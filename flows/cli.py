@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's temporary server gets 20 s to start by default; on a loaded 2-core machine
     # it took longer once (seen while two test runs shared this machine).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from flows.run_lock import RunFolderBusy, refuse_if_busy
-    from siirl_core.compose import compose_config
     from omegaconf import OmegaConf
 
+    from flows.run_lock import RunFolderBusy, refuse_if_busy
+    from siirl_core.compose import compose_config
     from siirl_core.config import ConfigError, to_dict
     from siirl_core.config_checks import make_run_dir, single_policy_only
 

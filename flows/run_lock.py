@@ -40,8 +40,8 @@ def is_live(lock: dict) -> bool:
         return False
 
 
-def refuse_if_busy(run_dir: str, uri: str) -> None:
-    """Stop before any work when a live run holds the folder."""
+def refuse_if_busy(run_dir: str, uri: str) -> dict | None:
+    """Stop before any work when a live run holds the folder; else the stale lock, if any."""
     lock = holder(run_dir)
     if lock and is_live(lock):
         where = "" if lock.get("host") == socket.gethostname() else f" on host {lock.get('host')}"
@@ -50,14 +50,14 @@ def refuse_if_busy(run_dir: str, uri: str) -> None:
             f"{lock.get('flow_run_name') or lock.get('flow_run_id')}, started {lock.get('started')}); "
             f"wait for it to end or stop it, or use another storage.uri. If that run is gone, delete "
             f"{os.path.join(run_dir, LOCK_NAME)}")
+    return lock
 
 
 def acquire(run_dir: str, uri: str, flow_run_id: str, flow_run_name: str, started: str) -> dict | None:
     """Take the folder's lock for this process; returns the stale lock it replaced, if any."""
     import psutil
 
-    refuse_if_busy(run_dir, uri)
-    stale = holder(run_dir)
+    stale = refuse_if_busy(run_dir, uri)
     path = os.path.join(run_dir, LOCK_NAME)
     if stale:
         os.remove(path)
@@ -82,18 +82,12 @@ def release(run_dir: str) -> None:
 
 def crash_stale_flow_run(stale: dict) -> bool:
     """Mark the dead run's flow run Crashed if Prefect still shows it unfinished."""
-    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed
 
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(stale["flow_run_id"])
-        except ObjectNotFound:  # another Prefect database: nothing to mark here
-            return False
-        if run.state is not None and run.state.is_final():
-            return False
-        client.set_flow_run_state(stale["flow_run_id"], Crashed(
-            message=f"its process (pid {stale['pid']} on {stale['host']}) was gone when a new run started "
-                    "in the same folder"), force=True)
-        return True
+    from flows.watcher import crash_if_unfinished
+
+    try:
+        return crash_if_unfinished(stale["flow_run_id"], f"its process (pid {stale['pid']} on {stale['host']}) "
+                                                         "was gone when a new run started in the same folder")
+    except ObjectNotFound:  # recorded in another Prefect database: nothing to mark in this one
+        return False

@@ -8,8 +8,8 @@ import json
 import os
 
 from prefect import get_run_logger
-from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 
 from flows import run_lock
 from flows.curves import write_curves

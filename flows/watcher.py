@@ -125,19 +125,23 @@ def _alive(process) -> bool:
 
 def mark_crashed(state: dict, message: str) -> list[str]:
     """Set each recorded flow run that is not in a final state to Crashed; their ids."""
-    if state.get("clean_exit") or not state.get("flow_runs"):
+    if state.get("clean_exit"):
         return []
+    return [run_id for run_id in state.get("flow_runs", []) if crash_if_unfinished(run_id, message)]
+
+
+def crash_if_unfinished(run_id: str, message: str) -> bool:
+    """Mark a flow run whose process is gone Crashed, unless Prefect already shows a
+    final state; whether it did."""
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 
-    done = []
     with get_client(sync_client=True) as client:
-        for run_id in state["flow_runs"]:
-            run = client.read_flow_run(run_id)
-            if run.state is None or not run.state.is_final():
-                client.set_flow_run_state(run_id, Crashed(message=message), force=True)
-                done.append(run_id)
-    return done
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return False
+        client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+        return True
 
 
 def stop(processes: list) -> list[str]:

@@ -42,9 +42,8 @@ def agent_base_dir(cfg: SiirlConfig, alphabet: str, pid: str, index: int) -> tup
     """(folder, seed) of multi-agent policy `pid`'s fresh model: separate policies get
     separate initialisations (trainer.seed + the policy's index)."""
     spec, seed = cfg.agents.policy(pid), cfg.trainer.seed + index
-    size = spec.size
-    key = cache_key(alphabet, size, cfg.model.architecture, seed, spec.init_std)
-    return os.path.join(cfg.storage.cache_dir, f"agent-base-{size}-{key}"), seed
+    key = cache_key(alphabet, spec.size, cfg.model.architecture, seed, spec.init_std)
+    return os.path.join(cfg.storage.cache_dir, f"agent-base-{spec.size}-{key}"), seed
 
 
 def staging_dir(out: str) -> str:
