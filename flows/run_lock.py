@@ -18,12 +18,21 @@ class RunFolderBusy(RuntimeError):
 
 
 def holder(run_dir: str) -> dict | None:
-    """The lock's contents, or None when there is no lock."""
+    """The lock's contents, or None when there is no lock. A lock that cannot be read is
+    not taken for a free folder: RunFolderBusy says which file and what to do."""
+    path = os.path.join(run_dir, LOCK_NAME)
     try:
-        with open(os.path.join(run_dir, LOCK_NAME)) as f:
-            return json.load(f)
+        with open(path) as f:
+            lock = json.load(f)
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        raise RunFolderBusy(f"{path} cannot be read ({err}): a run may hold this folder; if none is going, "
+                            "delete the file") from None
+    if not isinstance(lock, dict) or not {"pid", "pid_started", "host"} <= set(lock):
+        raise RunFolderBusy(f"{path} is not a siirl run lock (expected pid, pid_started and host); if no run is "
+                            "going, delete the file")
+    return lock
 
 
 def is_live(lock: dict) -> bool:

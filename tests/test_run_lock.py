@@ -79,3 +79,13 @@ def test_the_dead_runs_flow_run_is_marked_crashed_once():
     assert result, proc.stdout + proc.stderr
     assert result[0] == ("RESULT True False CRASHED its process (pid 4242 on here) was gone when a new run started "
                          "in the same folder")
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_an_unreadable_lock_is_a_named_error_not_a_free_folder(tmp_path, content):
+    (tmp_path / run_lock.LOCK_NAME).write_text(content)
+    proc = subprocess.run(siirl_cli() + ["train", f"storage.uri={tmp_path}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"siirl: {tmp_path / run_lock.LOCK_NAME}" in proc.stderr and "delete the file" in proc.stderr
+    assert (tmp_path / run_lock.LOCK_NAME).read_text() == content  # left as it was
