@@ -1,6 +1,7 @@
 """A run checkpoints to s3:// (moto's server on loopback, real HTTP), is killed, and
-resumes from s3:// at the right step with the right state; a storage that refuses the
-checkpoints' manifests stops the resume instead of starting over; no credential leaks."""
+resumes from s3:// with the right state; a storage that refuses the checkpoints'
+manifests stops the resume instead of starting over; a newest checkpoint whose file
+fails its checksum on download gives way to the one before; no credential leaks."""
 import json
 import os
 
@@ -19,17 +20,23 @@ def test_stopped_run_resumes_from_s3(tmp_path, cache_dir, s3_server, uninterrupt
               f"storage.cache_dir={cache_dir}", *SHORT]
     run_dir = summary_dir = os.path.join("runs", f"s3-{tmp_path.name}")
     try:
-        crashed, victim = run_siirl_killing_a_rank(common + ["trainer.retries=0"], run_dir, after_step=3)
+        crashed, victim = run_siirl_killing_a_rank(common + ["trainer.retries=0"], run_dir, after_step=5)
         assert crashed.returncode != 0
         assert f"pid {victim})" in crashed.stdout, crashed.stdout[-3000:]
         saved = [s for s, _ in ckpt.complete_checkpoints(uri, ep)]
-        assert saved[0] == 2 and saved[-1] < 6, saved
-        manifest = ckpt.verify(ckpt.step_dir(uri, saved[-1]), ep)
-        assert manifest["step"] == saved[-1] and "policy/model.safetensors" in manifest["files"]
+        assert saved == [2, 4], saved  # killed after step 5, before step 6's save
+        manifest = ckpt.verify(ckpt.step_dir(uri, 4), ep)
+        assert manifest["step"] == 4 and "policy/model.safetensors" in manifest["files"]
         refused = _refused_manifests_stop_the_resume(common, uri, s3_server["faults"], run_dir, saved)
+        corrupted = _corrupt_one_byte(ckpt.step_dir(uri, 4), ep, manifest)
         resumed_proc = run_siirl(common)
+        # Sizes still match, so step 4 is listed as complete; its download fails the
+        # checksum and the run resumes from step 2 instead, with the same results.
+        said = resumed_proc.stdout + resumed_proc.stderr
+        assert f"skipping checkpoint {ckpt.step_dir(uri, 4)}" in said, said[-3000:]
+        assert f"{corrupted} does not match its checksum" in said, said[-3000:]
         s = summary(summary_dir)
-        assert s["resumed_from_step"] == saved[-1] and s["checkpoints"] == f"{uri}/checkpoints"
+        assert s["resumed_from_step"] == 2 and s["checkpoints"] == f"{uri}/checkpoints"
         assert_same_run(uninterrupted, metrics_by_step(run_dir))
         # Credentials come from the environment and stay there.
         secret = os.environ["AWS_SECRET_ACCESS_KEY"]
@@ -42,6 +49,22 @@ def test_stopped_run_resumes_from_s3(tmp_path, cache_dir, s3_server, uninterrupt
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _corrupt_one_byte(folder: str, endpoint: str, manifest: dict) -> str:
+    """Flip one byte of the engine's state (weights and optimizer) in place on the storage,
+    as bit rot or a torn write would (the size stays the same); the file's name in the
+    checkpoint."""
+    import s3fs
+
+    rel = "engine/state/mp_rank_00_model_states.pt"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+    path = folder.removeprefix("s3://") + "/" + rel
+    data = bytearray(fs.cat_file(path))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(path, bytes(data))
+    assert fs.info(path)["size"] == manifest["files"][rel]["size"]
+    return rel
 
 
 def _refused_manifests_stop_the_resume(common: list[str], uri: str, faults, run_dir: str, saved: list[int]):
