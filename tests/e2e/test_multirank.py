@@ -9,6 +9,7 @@ import pytest
 from siirl_core import checkpoint as ckpt
 from tests.e2e.helpers import metrics_by_step, run_siirl, run_siirl_killing_a_rank, summary
 from tests.e2e.learning_cases import CASES
+from tests.e2e.test_resume import assert_same_run
 
 pytestmark = pytest.mark.slow
 TOL = 1e-5
@@ -43,27 +44,32 @@ def test_driver_stays_thin(two_rank_run):
 
 
 def test_two_ranks_zero3_shards_checkpoints_and_resumes(tmp_path, cache_dir):
+    """Killed after step 4 with one checkpoint (step 3), the resumed run replays step 4 from
+    the sharded checkpoint: every metric equals what the killed run logged for it."""
     run_dir = str(tmp_path / "run")
     common = ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *TWO_RANKS,
-              "model=tiny", "trainer.zero_stage=3", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=0",
+              "model=tiny", "trainer.zero_stage=3", "trainer.steps=6", "trainer.save_every=3", "trainer.eval_every=0",
               "trainer.prompts_per_step=16", "task.eval_size=100"]
-    crashed, victim = run_siirl_killing_a_rank(common + ["trainer.retries=0"], run_dir, after_step=3, rank=1)
+    crashed, victim = run_siirl_killing_a_rank(common + ["trainer.retries=0"], run_dir, after_step=4, rank=1)
     assert crashed.returncode != 0
     assert "rank 1 (Dask worker" in crashed.stdout and f"pid {victim})" in crashed.stdout, crashed.stdout[-4000:]
+    before_kill = metrics_by_step(run_dir)
     ranks = json.load(open(os.path.join(run_dir, "ranks.json")))
     for r in ranks:  # ZeRO-3: each rank holds half of the parameters
         assert r["local_parameters"] == pytest.approx(r["parameters"] / 2, rel=0.01)
         assert (r["backend"], r["device"], r["bf16"]) == ("gloo", "cpu", False)  # NCCL and bf16 on GPUs only
-    saved = [s for s, _ in ckpt.complete_checkpoints(run_dir)]
-    assert saved[0] == 2 and saved[-1] < 6, saved  # killed after step 3, before the end
-    manifest = ckpt.verify(ckpt.step_dir(run_dir, saved[-1]))
+    assert [s for s, _ in ckpt.complete_checkpoints(run_dir)] == [3]
+    manifest = ckpt.verify(ckpt.step_dir(run_dir, 3))
     assert manifest["world_size"] == 2
     assert any("zero_pp_rank_1" in f for f in manifest["files"])  # rank 1 wrote its own shard
 
     run_siirl(common)
-    s = summary(run_dir)
-    assert s["resumed_from_step"] == saved[-1]
-    assert sorted(metrics_by_step(run_dir)) == [1, 2, 3, 4, 5, 6]
+    assert summary(run_dir)["resumed_from_step"] == 3
+    after = metrics_by_step(run_dir)
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]
+    replayed = [step for step in before_kill if step > 3]
+    assert replayed, sorted(before_kill)
+    assert_same_run({s: before_kill[s] for s in replayed}, {s: after[s] for s in replayed})
 
 
 def test_killed_worker_recovers_with_consistent_log(tmp_path, cache_dir, two_rank_run):
