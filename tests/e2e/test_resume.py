@@ -2,6 +2,7 @@
 the configured step, and matches the uninterrupted run in every metric at every step and
 in its final weights; with retries, the failed iteration is retried from the newest
 checkpoint with a consistent log."""
+import glob
 import os
 import re
 import signal
@@ -122,15 +123,29 @@ def flow_run_state(name: str) -> str:
     return found.group(1)
 
 
+def _named_semaphores() -> set[str]:
+    """Python multiprocessing's named semaphores (Linux keeps them in /dev/shm)."""
+    return set(glob.glob("/dev/shm/sem.mp-*"))
+
+
 def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path, cache_dir, uninterrupted):
     """SIGKILL of `siirl train` itself (with cluster=local it holds the Dask scheduler and
     starts Prefect's temporary server): every process it started ends, its flow run is
     Crashed in Prefect's database, and the same command resumes from the newest checkpoint."""
     run_dir = str(tmp_path / "run")
     common = ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT]
-    proc, victim, left = run_siirl_killing(common, run_dir, after_step=3, choose=lambda p: p.pid)
+    before = _named_semaphores()
+    at_kill = set()
+
+    def the_flow_process(p) -> int:
+        at_kill.update(_named_semaphores() - before)
+        return p.pid
+
+    proc, victim, left = run_siirl_killing(common, run_dir, after_step=3, choose=the_flow_process)
     assert proc.returncode == -signal.SIGKILL
     assert left == [], [p.cmdline() for p in left]
+    # The run's processes held named semaphores in /dev/shm; none outlives them.
+    assert at_kill and not at_kill & _named_semaphores(), sorted(at_kill)
     name = re.search(r"Beginning flow run '([^']+)'", proc.stdout).group(1)
     assert f"siirl: process {victim} ended without cleaning up: marked flow run(s)" in proc.stdout, proc.stdout[-3000:]
     assert flow_run_state(name) == "CRASHED"
