@@ -1,4 +1,4 @@
-"""`siirl train|sft|retrain|evaluate [hydra overrides]`."""
+"""`siirl train|sft|retrain|evaluate [hydra overrides]`, and `siirl runs` (flows/runs.py)."""
 from __future__ import annotations
 
 import os
@@ -6,11 +6,16 @@ import sys
 
 COMMANDS = ("train", "sft", "retrain", "evaluate")
 USAGE = ("usage: siirl {train,sft,retrain,evaluate} [key=value ...]   "
-         "(Hydra overrides, e.g. trainer.steps=20 rollout=hf)")
+         "(Hydra overrides, e.g. trainer.steps=20 rollout=hf)\n"
+         "       siirl runs [FOLDER] | siirl runs show RUN | siirl runs compare RUN_A RUN_B")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["runs"]:
+        from flows import runs
+
+        return runs.main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -177,3 +177,16 @@ def test_a_run_reports_progress_curves_and_summary_in_prefect(uninterrupted_dir)
     assert kind == "progress" and float(progress) == 100.0, out
     kind, markdown = arts["siirl-train-summary"]
     assert kind == "markdown" and "| val_accuracy_before |" in markdown and "greedy, held-out prompts" in markdown
+
+
+def test_siirl_runs_reads_a_real_run_folder(uninterrupted_dir):
+    """`siirl runs` as an operator types it, on the folder a real run wrote."""
+    s = summary(uninterrupted_dir)
+    root, name = os.path.split(uninterrupted_dir)
+    listed = run_siirl(["runs", root]).stdout
+    row = next(line for line in listed.splitlines() if f"│ {name} " in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells == [name, "completed", "6/6", f"{s['val_accuracy_before']:.3f}", f"{s['val_accuracy_after']:.3f}",
+                     "step 6", s["flow_run"]], row
+    shown = run_siirl(["runs", "show", name, root]).stdout
+    assert f"curves: {s['curves']}" in shown and "run_dir" in shown and s["final_policy"] in shown
