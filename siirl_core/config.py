@@ -149,6 +149,9 @@ class TrainerConfig:
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # Optimizer steps in a row that may be skipped for a NaN or infinite loss or gradient
+    # (a transient spike) before the run stops with NonFiniteUpdate; 0 stops at the first.
+    max_skipped_steps: int = 3
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_size: int = 64

@@ -149,7 +149,7 @@ def node_update(w, b: IterationBatch, bag):
     t = b.tensors
     n = t.input_ids.shape[0]
     gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + b.step)
-    tokens = 0
+    tokens, skipped_before = 0, w.actor.skipped_steps
     _choose_update_rows(w, b, bag)
     bag.add("perf/fused_update", float(b.rollout_logits is not None))
     if b.rollout_logits is not None and cfg.trainer.micro_batch_size < n:
@@ -167,6 +167,7 @@ def node_update(w, b: IterationBatch, bag):
                     bag.add(k, v, weight=weight)
             bag.add("actor/grad_norm", w.actor.grad_norm())
     b.rollout_logits = None  # its graph is spent
+    bag.add("actor/skipped_steps", w.actor.skipped_steps - skipped_before, reduce="max")
     bag.add("actor/lr", w.actor.current_lr())
     bag.add("perf/train_tokens", tokens, reduce="sum")
 

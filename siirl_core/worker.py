@@ -122,7 +122,7 @@ class RankWorker:
             total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
             zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
             grad_accum=self.cfg.grad_accum(self.world_size), world_size=self.world_size, grad_clip=t.grad_clip,
-            bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing)
+            bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps)
 
     def _build_critic(self):
         from siirl_core.training.critic import Critic
@@ -132,7 +132,7 @@ class RankWorker:
                       zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
                       grad_accum=self.cfg.grad_accum(self.world_size),
                       world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16,
-                      gradient_checkpointing=t.gradient_checkpointing)
+                      gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps)
 
     def _build_rollout(self) -> RolloutEngine:
         return build_rollout_engine(self.cfg, self.tokenizer, self.model_path, self.cfg.trainer.seed,

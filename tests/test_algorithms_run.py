@@ -211,26 +211,51 @@ def test_nan_rewards_stop_the_run_before_any_weight_turns_nan(algo_worker):
     assert all(torch.isfinite(p).all() for p in algo_worker.actor.module.parameters())
 
 
-def test_a_user_node_that_makes_the_advantages_nan_changes_no_weight(algo_worker, tmp_path):
-    """A custom node writing NaN advantages (a realistic user bug): the update stops
-    before the optimizer moves anything, and the weights stay exportable."""
+def test_nan_advantages_skip_their_step_and_too_many_in_a_row_stop_the_run(algo_worker, tmp_path):
+    """A custom node writing NaN advantages (a realistic user bug) at chosen steps: such a
+    step is skipped (no weight moves), a good step after it trains, and the fourth skipped
+    step in a row (trainer.max_skipped_steps=3) stops the run with the weights of the last
+    good step, still finite."""
     from siirl_core.training.actor import NonFiniteUpdate
 
+    s0 = algo_worker.step
+    nan_steps = {s0 + 1, s0 + 3, s0 + 4, s0 + 5, s0 + 6}
     path = tmp_path / "nodes.py"
     path.write_text("import math\nfrom siirl_core.batch import declared\n\n"
                     "@declared(reads=('advantages',), writes=('advantages',))\n"
-                    "def nan_advantages(worker, batch, bag):\n    batch.advantages = batch.advantages * math.nan\n")
+                    "def nan_advantages(worker, batch, bag):\n"
+                    f"    if batch.step in {sorted(nan_steps)}:\n"
+                    "        batch.advantages = batch.advantages * math.nan\n")
     cfg = algo_worker.cfg
+    assert cfg.trainer.max_skipped_steps == 3
     cfg.algorithm.pipeline = ["rollout", "reward", "old_logprobs", "ref_logprobs", "advantage",
                               f"{path}:nan_advantages", "update", "sync"]
-    before = {n: p.detach().clone() for n, p in algo_worker.actor.module.named_parameters()}
+
+    def weights() -> dict:
+        return {n: p.detach().clone() for n, p in algo_worker.actor.module.named_parameters()}
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[n], b[n]) for n in a)
+
     try:
         algo_worker.pipeline = resolve_pipeline(cfg)
-        with pytest.raises(NonFiniteUpdate, match="the loss of a micro-batch is nan"):
-            algo_worker.run_until(algo_worker.step + 1)
+        before = weights()
+        skipped = algo_worker.run_until(s0 + 1)
+        assert skipped["actor/skipped_steps"] == 1 and not math.isfinite(skipped["actor/grad_norm"])
+        assert same(before, weights())
+        trained = algo_worker.run_until(s0 + 2)
+        assert trained["actor/skipped_steps"] == 0 and math.isfinite(trained["actor/grad_norm"])
+        good = weights()
+        assert not same(before, good)
+        for step in (s0 + 3, s0 + 4, s0 + 5):
+            assert algo_worker.run_until(step)["actor/skipped_steps"] == 1
+        with pytest.raises(NonFiniteUpdate, match=r"4 optimizer steps in a row had a NaN or infinite loss or "
+                                                  r"gradient and were skipped \(trainer.max_skipped_steps=3\)"):
+            algo_worker.run_until(s0 + 6)
     finally:
         cfg.algorithm.pipeline = []
         algo_worker.pipeline = resolve_pipeline(cfg)
-    after = dict(algo_worker.actor.module.named_parameters())
-    assert all(torch.equal(before[n], after[n].detach()) for n in before)
+    assert algo_worker.step == s0 + 5
+    after = weights()
+    assert same(good, after)
     assert all(bool(torch.isfinite(p).all()) for p in after.values())

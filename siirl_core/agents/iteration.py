@@ -109,6 +109,7 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
     temps = torch.tensor([temperature[x.agent] for x in turns])  # [B]
     adv = advantages[:, None] * t.response_mask  # [B, R]
     n, micro_size, tokens = len(turns), w.cfg.trainer.micro_batch_size, 0
+    skipped_before = actor.skipped_steps
 
     def policy_logits(micro: torch.Tensor) -> torch.Tensor:
         """The masked, tempered logits [b, R, V] the turns were sampled from."""
@@ -131,6 +132,7 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
         for k, v in m.items():
             bag.add(f"policy/{pid}/{k}", v, weight=weight)
     bag.add(f"policy/{pid}/actor/grad_norm", actor.grad_norm())
+    bag.add(f"policy/{pid}/actor/skipped_steps", actor.skipped_steps - skipped_before, reduce="max")
     bag.add(f"policy/{pid}/actor/lr", actor.current_lr())
     return tokens
 

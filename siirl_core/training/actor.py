@@ -1,6 +1,7 @@
 """The policy as a DeepSpeed ZeRO engine: build, update on a batch, export weights."""
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import nullcontext
 from typing import Iterator
@@ -10,6 +11,8 @@ import torch
 from siirl_core.algorithms import POLICY_LOSSES, aggregate_loss, kl_penalty, masked_mean
 from siirl_core.training.lora import has_adapters, merged_state
 from siirl_core.training.safe_load import use_restricted_loading
+
+log = logging.getLogger(__name__)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -46,7 +49,9 @@ def deepspeed_config(zero_stage: int, micro_batch_size: int, grad_accum: int, wo
         "zero_optimization": {"stage": zero_stage},
         # A plain torch AdamW: DeepSpeed's fused CPU Adam needs a compiled op.
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": bf16},
+        # bf16 ZeRO-1/2 skip a step with a non-finite gradient only when asked (fp32 and
+        # ZeRO-3 always do): skipped steps are counted in DeepSpeedActor.micro_step.
+        "bf16": {"enabled": bf16, "check_grad_overflow": bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -62,14 +67,9 @@ def effective_zero_stage(zero_stage: int, world_size: int, bf16: bool) -> int:
 
 
 class NonFiniteUpdate(FloatingPointError):
-    """A loss, gradient or weight is NaN or infinite: the update is not applied (or the
-    weights not written) and the run stops; a replay would compute the same."""
-
-
-def check_finite_loss(loss: torch.Tensor) -> None:
-    if not bool(torch.isfinite(loss.detach()).all()):
-        raise NonFiniteUpdate(f"the loss of a micro-batch is {float(loss.detach().sum())}: the update is not "
-                              "applied (check the reward values, custom pipeline nodes and the learning rate)")
+    """More optimizer steps in a row than trainer.max_skipped_steps had a NaN or infinite
+    loss or gradient (each was skipped), or weights to be written are not finite: the run
+    stops; a replay would compute the same."""
 
 
 def check_finite_weights(state: dict, what: str) -> None:
@@ -103,7 +103,7 @@ class DeepSpeedActor:
     def __init__(self, module: torch.nn.Module, *, lr: float, weight_decay: float, warmup_steps: int,
                  total_steps: int, schedule: str, zero_stage: int, micro_batch_size: int,
                  grad_accum: int, world_size: int, grad_clip: float, bf16: bool = False,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, max_skipped_steps: int = 3):
         import deepspeed
 
         if not torch.cuda.is_available():
@@ -130,6 +130,8 @@ class DeepSpeedActor:
             self.engine.enable_backward_allreduce = False
         self.zero_stage = zero_stage
         self.grad_accum = grad_accum
+        self.max_skipped_steps = max_skipped_steps
+        self.skipped_steps = self.skipped_in_a_row = 0
         self.adapters_only = has_adapters(module)  # LoRA: the base is frozen, only adapters train
 
     @property
@@ -167,18 +169,42 @@ class DeepSpeedActor:
         self.micro_step(loss * share * self.grad_accum)
 
     def micro_step(self, loss: torch.Tensor) -> None:
-        check_finite_loss(loss)  # before any gradient of it reaches the optimizer
+        """Back-propagate one micro-batch; at the accumulation boundary, step the optimizer
+        unless the step's gradient norm is NaN or infinite. A non-finite loss is
+        back-propagated like any other (every rank must join the same collectives); its
+        gradient makes the norm non-finite, and the whole step is skipped: no weight or
+        optimizer moment moves. Under ZeRO DeepSpeed skips it (the norm is global, so
+        every rank agrees); on one stage-0 rank the clipping below does."""
         self.engine.backward(loss)  # gradients are all-reduced at the accumulation boundary
-        if self.own_clipping and self.engine.is_gradient_accumulation_boundary():
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        own_skip = False
+        if self.own_clipping and boundary:
             params = [p for p in self.module.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            if not bool(torch.isfinite(norm)):
-                self.engine.zero_grad()
-                raise NonFiniteUpdate(f"the gradient norm is {float(norm)}: the optimizer step is not applied")
-            if self.grad_clip > 0:
+            own_skip = not bool(torch.isfinite(norm))
+            if own_skip:
+                for p in params:
+                    p.grad = None  # AdamW leaves a parameter without a gradient (and its moments) alone
+            elif self.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
             self._grad_norm = float(norm)
         self.engine.step()  # DeepSpeed only steps the optimizer at the accumulation boundary
+        if boundary:
+            self._count_skip(own_skip or not self.engine.was_step_applied())
+
+    def _count_skip(self, skipped: bool) -> None:
+        if not skipped:
+            self.skipped_in_a_row = 0
+            return
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        log.warning("optimizer step skipped: NaN or infinite loss or gradient (%d in a row; the run stops after "
+                    "trainer.max_skipped_steps=%d)", self.skipped_in_a_row, self.max_skipped_steps)
+        if self.skipped_in_a_row > self.max_skipped_steps:
+            raise NonFiniteUpdate(
+                f"{self.skipped_in_a_row} optimizer steps in a row had a NaN or infinite loss or gradient and were "
+                f"skipped (trainer.max_skipped_steps={self.max_skipped_steps}): the weights are those of the last "
+                "good step. Check the reward values, custom pipeline nodes and the learning rate")
 
     def grad_norm(self) -> float:
         if self.own_clipping:
