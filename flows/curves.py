@@ -42,7 +42,8 @@ def write_curves(rows: list[dict], path: str, extra_val: tuple[tuple[int, float]
             if val_steps:
                 ax.plot(val_steps, val, "o-", label="held-out (greedy)")
                 drawn["val/accuracy"] = len(val_steps)
-            ax.legend(loc="lower right")
+            if ax.get_legend_handles_labels()[0]:  # a run with no accuracy logged has nothing to label
+                ax.legend(loc="lower right")
         if not steps:
             ax.text(0.5, 0.5, f"{key}\nnot logged by this run", ha="center", va="center", transform=ax.transAxes)
     tmp = path + ".tmp.png"

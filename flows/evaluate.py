@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from rich.markdown import Markdown
 
 from flows.progress import console
@@ -35,6 +35,8 @@ def evaluate_flow(overrides: list[str] | None = None) -> dict:
     markdown = _markdown(source, results, where)
     console.print(Markdown(markdown))
     create_markdown_artifact(key="siirl-evaluation", markdown=markdown)
+    create_table_artifact(key="siirl-evaluation-table", table=[{"metric": k, "value": v} for k, v in results.items()],
+                          description=f"Evaluation of {source['uri']}")
     return {"source": source, "results": results, "saved_to": where}
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.training_run import run_training
 from flows.watcher import on_running
+from siirl_core import champion
 from siirl_core import checkpoint as ckpt
 from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig
@@ -71,6 +72,15 @@ def _verdict_markdown(d: dict) -> str:
         "", f"Margin {d['margin']}: {d['reason']}."])
 
 
+def history_table(cfg: SiirlConfig) -> list[dict]:
+    """The champion history as table rows: one per retraining verdict, oldest first."""
+    return [{"date": d["date"], "promoted": d["promoted"], "reason": d["reason"],
+             "champion step": d["champion"]["step"], "champion accuracy": round(d["champion"]["score"], 4),
+             "candidate step": d["candidate"]["step"], "candidate accuracy": round(d["candidate"]["score"], 4),
+             "candidate folder": d["candidate"]["folder"]}
+            for d in champion.read_history(cfg.checkpoint_root, cfg.storage.endpoint_url)]
+
+
 @flow(name="siirl-retrain", log_prints=True, on_running=[on_running])
 def retrain_flow(overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
@@ -83,6 +93,8 @@ def retrain_flow(overrides: list[str] | None = None) -> dict:
     decision = decide(cfg, start, summary, date, tag)
     record_verdict(cfg, decision)
     create_markdown_artifact(key="siirl-retrain-verdict", markdown=_verdict_markdown(decision))
+    create_table_artifact(key="siirl-champion-history", table=history_table(cfg),
+                          description=f"Every retraining verdict in {cfg.checkpoint_root}, oldest first")
     return decision
 
 

@@ -41,16 +41,10 @@ def _read_json(path: str) -> dict | None:
 
 
 def metrics_rows(run_dir: str) -> list[dict]:
-    """metrics.jsonl's rows, the last row of each step (a resumed run may repeat steps)."""
-    by_step: dict[int, dict] = {}
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    by_step[row["step"]] = row
-    except FileNotFoundError:
-        pass
+    """metrics.jsonl's rows, one per step (the last, should a step appear twice)."""
+    from siirl_core.metrics import read_metrics
+
+    by_step = {row["step"]: row for row in read_metrics(run_dir)}
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -13,7 +13,9 @@ from prefect.runtime import flow_run
 
 from flows import run_lock
 from flows.curves import write_curves
-from flows.progress import console, describe, progress_bar, summary_markdown, summary_table
+from flows.progress import console, describe, progress_bar, summary_table
+from flows.report import report_markdown
+from flows.runs import metrics_rows
 from flows.sft import sft_flow
 from infra.cluster import dask_client
 from infra.rank_group import start_rank_group
@@ -152,5 +154,6 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     console.print(summary_table(summary))
-    create_markdown_artifact(key="siirl-train-summary", markdown=summary_markdown(summary))
+    create_markdown_artifact(key="siirl-train-summary",
+                             markdown=report_markdown(summary, to_dict(cfg), metrics_rows(run_dir)))
     return summary

@@ -48,6 +48,8 @@ def _evaluate_deployment(run, run_dir: str, overrides: list[str]) -> None:
                                                 "val/arithmetic/maj@4"}
     artifact = run("artifact", "inspect", "siirl-evaluation")
     assert "val/arithmetic/maj@4" in artifact.stdout, artifact.stdout[-2000:]
+    table = run("artifact", "inspect", "siirl-evaluation-table")
+    assert "'type': 'table'" in table.stdout and "val/arithmetic/pass@4" in table.stdout, table.stdout[-2000:]
 
 
 def _nightly_retrain_deployment(run, run_dir: str, overrides: list[str]) -> None:
@@ -64,6 +66,9 @@ def _nightly_retrain_deployment(run, run_dir: str, overrides: list[str]) -> None
     verdict_artifact = run("artifact", "inspect", "siirl-retrain-verdict")
     assert "candidate" in verdict_artifact.stdout and verdict["date"] in verdict_artifact.stdout, \
         verdict_artifact.stdout[-2000:]
+    history = run("artifact", "inspect", "siirl-champion-history")
+    assert "'type': 'table'" in history.stdout and verdict["candidate"]["folder"] in history.stdout, \
+        history.stdout[-2000:]
 
 
 def _flow_runs(api: str) -> list[dict]:
@@ -106,8 +111,9 @@ def _killed_run_is_rerun_and_resumes(run, api: str, run_dir: str, overrides: lis
 
 def test_deployment_run_completes(tmp_path, cache_dir):
     api = f"http://127.0.0.1:{_free_port()}/api"
+    # COLUMNS: the CLI's rich output would wrap long values (paths) at 80 characters.
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="1000")
     port = api.split(":")[2].split("/")[0]
     logs = open(tmp_path / "services.log", "w")
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port], env=env,

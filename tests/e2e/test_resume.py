@@ -3,6 +3,7 @@ the configured step, and matches the uninterrupted run in every metric at every 
 in its final weights; with retries, the failed iteration is retried from the newest
 checkpoint with a consistent log."""
 import glob
+import json
 import os
 import re
 import signal
@@ -162,21 +163,27 @@ def test_a_run_reports_progress_curves_and_summary_in_prefect(uninterrupted_dir)
     flow run that summary.json names."""
     s = summary(uninterrupted_dir)
     assert s["curves"] == os.path.join(uninterrupted_dir, "curves.png") and os.path.getsize(s["curves"]) > 10_000
-    code = ("import sys\nfrom prefect.client.orchestration import get_client\n"
+    code = ("import json, sys\nfrom prefect.client.orchestration import get_client\n"
             "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
             "with get_client(sync_client=True) as c:\n"
             "    arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId("
             "any_=[sys.argv[1]])))\n"
-            "    for a in arts:\n"
-            "        print('ART', a.type, a.key, repr(a.data)[:400])\n")
+            "    print('ARTS', json.dumps({a.key: [a.type, a.data] for a in arts}))\n")
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     out = subprocess.run([sys.executable, "-c", code, s["flow_run_id"]], capture_output=True, text=True, env=env,
                          timeout=300).stdout
-    arts = {m.group(2): (m.group(1), m.group(3)) for m in re.finditer(r"^ART (\S+) (\S+) (.*)$", out, re.M)}
+    found = re.search(r"^ARTS (.*)$", out, re.M)
+    assert found, out[-3000:]
+    arts = json.loads(found.group(1))
     kind, progress = arts["siirl-train-progress"]
-    assert kind == "progress" and float(progress) == 100.0, out
-    kind, markdown = arts["siirl-train-summary"]
-    assert kind == "markdown" and "| val_accuracy_before |" in markdown and "greedy, held-out prompts" in markdown
+    assert kind == "progress" and float(progress) == 100.0, out[-3000:]
+    kind, report = arts["siirl-train-summary"]
+    assert kind == "markdown" and "| val_accuracy_before |" in report and "greedy, held-out prompts" in report
+    # The report: the result in a line, the settings, where the time went, the curves inline.
+    assert (f"Held-out accuracy (greedy): **{s['val_accuracy_before']:.3f} -> {s['val_accuracy_after']:.3f}**"
+            in report), report[:2000]
+    assert "| algorithm | grpo |" in report and "| rollout | " in report and "| update | " in report
+    assert "![training curves](data:image/png;base64," in report
 
 
 def test_siirl_runs_reads_a_real_run_folder(uninterrupted_dir):
