@@ -5,7 +5,7 @@ import os
 import sys
 
 COMMANDS = ("train", "sft", "retrain", "evaluate")
-USAGE = ("usage: siirl {train,sft,retrain,evaluate} [key=value ...]   "
+USAGE = ("usage: siirl {train,sft,retrain,evaluate} [key=value ...] [--verbose]   "
          "(Hydra overrides, e.g. trainer.steps=20 rollout=hf)\n"
          "       siirl runs [FOLDER] | siirl runs show RUN | siirl runs compare RUN_A RUN_B")
 
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, overrides = argv[0], argv[1:]
+    if "--verbose" in overrides:  # every library's output too (flows/quiet.py)
+        overrides = [o for o in overrides if o != "--verbose"]
+        os.environ["SIIRL_VERBOSE"] = "1"
     if "-h" in overrides or "--help" in overrides:
         from flows.cli_help import help_text
 
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         from flows.retrain import retrain_flow as run
     else:
         from flows.evaluate import evaluate_flow as run
+    from flows.quiet import quiet
+
+    quiet()
     run(overrides)
     return 0
 

@@ -43,7 +43,8 @@ def help_text(command: str) -> str:
     from siirl_core.compose import compose_config
 
     cfg, defaults = compose_config([]), _defaults_list()
-    lines = [f"usage: siirl {command} [group=option ...] [key=value ...] [--cfg job]", "", ABOUT[command], "",
+    lines = [f"usage: siirl {command} [group=option ...] [key=value ...] [--cfg job] [--verbose]", "",
+             ABOUT[command], "",
              "Config groups (group=option; default marked *):"]
     for group, options in group_options().items():
         shown = [f"{o}*" if defaults.get(group) == o else o for o in options]
@@ -52,7 +53,8 @@ def help_text(command: str) -> str:
     for key in COMMON_KEYS:
         lines.append(f"  {key:<28} [{value_of(cfg, key)!r}]")
     lines += ["", "Every key, its default and what it means: siirl_core/config.py and docs/configuration.md.",
-              f"Print the resolved configuration without running: siirl {command} [overrides] --cfg job"]
+              f"Print the resolved configuration without running: siirl {command} [overrides] --cfg job",
+              "Show every library's output too (Dask, DeepSpeed, vLLM, transformers): --verbose"]
     return "\n".join(lines)
 
 

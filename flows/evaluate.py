@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from rich.markdown import Markdown
 
 from flows.progress import console
+from flows.quiet import quiet
 from flows.watcher import on_running
 from siirl_core.compose import compose_config
 from siirl_core.config_checks import single_policy_only
@@ -25,6 +26,7 @@ def _markdown(source: dict, results: dict, where: str) -> str:
 
 @flow(name="siirl-evaluate", log_prints=True, on_running=[on_running])
 def evaluate_flow(overrides: list[str] | None = None) -> dict:
+    quiet()
     cfg = compose_config(list(overrides or []))  # fails here, before any model is loaded
     single_policy_only(cfg, "evaluate")
     source = resolve_source(cfg)

@@ -13,6 +13,7 @@ import datetime
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.quiet import quiet
 from flows.training_run import run_training
 from flows.watcher import on_running
 from siirl_core import champion
@@ -83,6 +84,7 @@ def history_table(cfg: SiirlConfig) -> list[dict]:
 
 @flow(name="siirl-retrain", log_prints=True, on_running=[on_running])
 def retrain_flow(overrides: list[str] | None = None) -> dict:
+    quiet()
     overrides = list(overrides or [])
     cfg = compose_config(overrides)  # fails here, before any model is loaded
     single_policy_only(cfg, "retrain")

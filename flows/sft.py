@@ -5,6 +5,7 @@ import os
 
 from prefect import flow, get_run_logger
 
+from flows.quiet import quiet
 from flows.watcher import on_running
 from siirl_core.compose import compose_config
 from siirl_core.model_cache import warm_start_dir
@@ -14,6 +15,7 @@ from tasks.model import greedy_eval, make_base_model, supervised_warm_start
 @flow(name="siirl-sft", log_prints=True, on_running=[on_running])
 def sft_flow(overrides: list[str] | None = None, force: bool = False) -> str:
     """Train the warm start for the configured model and task (cached by config)."""
+    quiet()
     cfg = compose_config(overrides)
     logger = get_run_logger()
     out = warm_start_dir(cfg)

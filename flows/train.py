@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.quiet import quiet
 from flows.retrain import retrain_flow
-from flows.watcher import on_running
 from flows.training_run import run_training
+from flows.watcher import on_running
 
 
 class CrashRerunLimit(RuntimeError):
@@ -28,6 +29,7 @@ def train_flow(overrides: list[str] | None = None, retrain: bool = False, crash_
     if crash_reruns > max_crash_reruns:
         raise CrashRerunLimit(f"this run crashed {crash_reruns} times in a row (max_crash_reruns="
                               f"{max_crash_reruns}); not starting it again: see the crashed runs' logs")
+    quiet()
     if crash_reruns:
         get_run_logger().warning("rerun %d of %d after a crash: resuming as the same run", crash_reruns,
                                  max_crash_reruns)

@@ -1,6 +1,7 @@
 """vLLM in-process rollout (the CPU build on machines without GPUs)."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterable
 
@@ -23,12 +24,18 @@ class VLLMRollout:
         # vLLM logs every in-place weight reload (and a harmless rotary-embedding
         # warning with it); errors still show. Override with VLLM_LOGGING_LEVEL.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        verbose = os.environ.get("SIIRL_VERBOSE", "") not in ("", "0")  # `siirl ... --verbose` (flows/quiet.py)
+        if not verbose:
+            # The CPU build says at import, before its logging is set up, that its Triton
+            # has no CPU backend: nothing a user can act on.
+            logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
         from vllm import LLM
 
         kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
                       enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager)
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs["use_tqdm_on_load"] = verbose  # its weight-loading bar
         self.llm = LLM(**kwargs)
         self.eos_id = eos_id
         self.max_model_len = max_model_len

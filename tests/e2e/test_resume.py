@@ -142,8 +142,9 @@ def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path
         at_kill.update(_named_semaphores() - before)
         return p.pid
 
-    proc, victim, left = run_siirl_killing(common, run_dir, after_step=3, choose=the_flow_process)
+    proc, victim, left = run_siirl_killing(common + ["--verbose"], run_dir, after_step=3, choose=the_flow_process)
     assert proc.returncode == -signal.SIGKILL
+    assert "distributed.scheduler - State start" in proc.stdout  # --verbose: the libraries' output too
     assert left == [], [p.cmdline() for p in left]
     # The run's processes held named semaphores in /dev/shm; none outlives them.
     assert at_kill and not at_kill & _named_semaphores(), sorted(at_kill)
@@ -151,10 +152,16 @@ def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path
     assert f"siirl: process {victim} ended without cleaning up: marked flow run(s)" in proc.stdout, proc.stdout[-3000:]
     assert flow_run_state(name) == "CRASHED"
 
-    run_siirl(common)
+    resumed = run_siirl(common)
     saved = summary(run_dir)["resumed_from_step"]
     assert saved in (2, 4), saved
     assert_same_run(uninterrupted, metrics_by_step(run_dir))
+    # Quiet by default: none of the libraries' start-up chatter a user cannot act on.
+    said = resumed.stdout + resumed.stderr
+    for noise in ("distributed.", "Setting accelerator to CPU", "FutureWarning", "NUMA binding", "Loading weights",
+                  "Writing model shards", "Triton", "Running hook", "Loading safetensors"):
+        assert noise not in said, noise
+    assert "Beginning flow run" in said and "siirl-train summary" in said
 
 
 def test_a_run_reports_progress_curves_and_summary_in_prefect(uninterrupted_dir):
