@@ -53,6 +53,7 @@ def quiet() -> None:
     except ImportError:
         pass
     logging.getLogger("prefect.engine").setLevel(logging.WARNING)  # "Running hook 'on_running'", twice per flow
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store's set-up lines (tracking.mlflow)
     for handler in logging.getLogger().handlers:  # Prefect's console handler
         if _not_dask_info not in handler.filters:
             handler.addFilter(_not_dask_info)

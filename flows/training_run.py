@@ -23,6 +23,7 @@ from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.config_checks import make_run_dir
 from siirl_core.metrics import MetricSinks, read_metrics
+from siirl_core.tracking import build_tracker
 from tasks.model import make_agent_base_model, make_base_model
 from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
                             restore_checkpoint, save_checkpoint)
@@ -135,12 +136,23 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
                         i["local_parameters"], i["parameters"],
                         f", ZeRO stage {i['zero_stage']}" if "zero_stage" in i else "")
         start = restore_checkpoint(group, cfg, candidates)
-        sinks = MetricSinks(run_dir, resumed_from=start)
-        before = _initial_eval(group, cfg, start)
-        last = _train_loop(cfg, group, run_dir, start, sinks, before)
-        after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
-        curves = _draw_curves(run_dir, before, after, cfg.trainer.steps)
-        final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
+        tracker = build_tracker(cfg, run_dir, start, flow_run.name)
+        sinks = MetricSinks(run_dir, resumed_from=start, also=(tracker,))
+        try:
+            before = _initial_eval(group, cfg, start)
+            if tracker:
+                tracker.write(0, before)  # the held-out accuracy before training, as step 0
+            last = _train_loop(cfg, group, run_dir, start, sinks, before)
+            after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
+            curves = _draw_curves(run_dir, before, after, cfg.trainer.steps)
+            final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
+            if tracker:
+                tracker.write(cfg.trainer.steps, after)
+                tracker.finish(final_dir)
+        except BaseException:
+            if tracker:
+                tracker.fail()
+            raise
         sinks.close()
         _record_driver_traffic(group, client, run_dir)
     summary = {

@@ -236,6 +236,21 @@ class StorageConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # Experiment tracking beside metrics.jsonl and TensorBoard (siirl_core/tracking.py).
+    # MLflow (pip install 'siirl[tracking]'): the config as params, every step's metrics,
+    # the evaluations before and after, and the final policy as an artifact.
+    mlflow: bool = False
+    # An MLflow tracking URI (http://host:5000, databricks, sqlite:///path.db). Empty: a
+    # SQLite store shared by the runs under runs/ (sqlite:///runs/mlflow.db, artifacts in
+    # runs/mlflow-artifacts); browse with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`.
+    mlflow_uri: str = ""
+    experiment: str = "siirl"
+    # Upload final_policy/ as an artifact (as large as the model).
+    log_policy: bool = True
+
+
+@dataclass
 class RewardConfig:
     # A registered reward (exact_match, numeric, format, countdown, length_penalty), "auto"
     # (the task's own verifier), or a user function "pkg.module:fn" / "path/to/file.py:fn".
@@ -371,6 +386,7 @@ class SiirlConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def run_dir(self) -> str:

@@ -16,6 +16,7 @@ OWNERS = (
     "siirl_core.rewards.user",
     "siirl_core.pipeline",
     "siirl_core.agents.config_checks",
+    "siirl_core.tracking",
 )
 _RULES: dict[str, Callable[[SiirlConfig], None]] = {}
 

@@ -67,8 +67,10 @@ class MetricSinks:
     checkpoint step `resumed_from` drops what the log holds after that step from both, so
     the replayed steps are not there twice."""
 
-    def __init__(self, run_dir: str, resumed_from: int = 0, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str, resumed_from: int = 0, tensorboard: bool = True, also: tuple = ()) -> None:
+        """also: more sinks (objects with write(step, metrics)), e.g. an MLflow tracker."""
         os.makedirs(run_dir, exist_ok=True)
+        self.also = [sink for sink in also if sink is not None]
         self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
         self._truncate_after(resumed_from)
         self._tb = None
@@ -92,6 +94,8 @@ class MetricSinks:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        for sink in self.also:
+            sink.write(step, metrics)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -27,8 +27,11 @@ SHORT = ["model=tiny", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_
 
 @pytest.fixture(scope="session")
 def uninterrupted_dir(tmp_path_factory, cache_dir) -> str:
+    """The reference run; it is also tracked in MLflow (a SQLite store beside it), which
+    changes none of its metrics."""
     run_dir = str(tmp_path_factory.mktemp("uninterrupted"))
-    run_siirl(["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT])
+    run_siirl(["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT, "tracking.mlflow=true",
+               f"tracking.mlflow_uri=sqlite:///{run_dir}/mlflow.db"])
     return run_dir
 
 
@@ -204,3 +207,23 @@ def test_siirl_runs_reads_a_real_run_folder(uninterrupted_dir):
                      "step 6", s["flow_run"]], row
     shown = run_siirl(["runs", "show", name, root]).stdout
     assert f"curves: {s['curves']}" in shown and "run_dir" in shown and s["final_policy"] in shown
+
+
+def test_a_real_run_is_tracked_in_mlflow(uninterrupted_dir):
+    """Read back through MLflow's client: every step's metrics as metrics.jsonl has them,
+    the held-out accuracy before (step 0) and after (step 6), the config, the policy."""
+    from mlflow.tracking import MlflowClient
+
+    s = summary(uninterrupted_dir)
+    client = MlflowClient(f"sqlite:///{uninterrupted_dir}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("siirl").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["siirl.flow_run"] == s["flow_run"]
+    assert run.data.params["trainer.steps"] == "6" and run.data.params["model.size"] == "tiny"
+    logged = metrics_by_step(uninterrupted_dir)
+    for key in ("reward/mean", "actor/entropy", "actor/grad_norm"):
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert history == pytest.approx({step: row[key] for step, row in logged.items()}), key
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/accuracy")}
+    assert val[0] == pytest.approx(s["val_accuracy_before"]) and val[6] == pytest.approx(s["val_accuracy_after"])
+    assert "final_policy/model.safetensors" in [f.path for f in client.list_artifacts(run.info.run_id,
+                                                                                         "final_policy")]
