@@ -111,7 +111,7 @@ def describe_run(run_dir: str) -> dict:
     initial = _read_json(os.path.join(run_dir, "eval_initial.json")) or {}
     rows = metrics_rows(run_dir)
     storage = config.get("storage", {})
-    logged_val = [r["val/accuracy"] for r in rows if "val/accuracy" in r]
+    logged_val = [r["val/accuracy"] for r in rows if "val/accuracy" in r and r["step"] > 0]  # 0: before training
     return {
         "name": os.path.basename(os.path.normpath(run_dir)), "run_dir": run_dir, "status": status(run_dir),
         "step": rows[-1]["step"] if rows else 0, "steps": config.get("trainer", {}).get("steps"),

@@ -140,8 +140,8 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
         sinks = MetricSinks(run_dir, resumed_from=start, also=(tracker,))
         try:
             before = _initial_eval(group, cfg, start)
-            if tracker:
-                tracker.write(0, before)  # the held-out accuracy before training, as step 0
+            if not any(row["step"] == start for row in read_metrics(run_dir)):
+                sinks.write(start, before)  # the evaluation before training opens the log (step 0 of a new run)
             last = _train_loop(cfg, group, run_dir, start, sinks, before)
             after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
             curves = _draw_curves(run_dir, before, after, cfg.trainer.steps)

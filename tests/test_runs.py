@@ -51,7 +51,10 @@ def runs_root(tmp_path):
              checkpoints={2: True, 4: False})
     live = make_run(root, "live", 10, rows(2), initial=0.3, checkpoints={2: True})
     write_lock(live, os.getpid())
-    dead = make_run(root, "dead", 8, rows(3) + [{"step": 4, "val/accuracy": 0.4, "reward/mean": 0.6}], initial=0.2)
+    # Its log opens with the evaluation before training (step 0), which is not "after".
+    dead = make_run(root, "dead", 8, [{"step": 0, "val/accuracy": 0.2}] + rows(3) +
+                    [{"step": 4, "val/accuracy": 0.4, "reward/mean": 0.6}], initial=0.2)
+    make_run(root, "fresh", 8, [{"step": 0, "val/accuracy": 0.2}], initial=0.2)
     gone = subprocess.Popen(["true"])
     gone.wait()
     write_lock(dead, gone.pid)
@@ -72,7 +75,8 @@ def output_rows(text: str) -> dict[str, list[str]]:
 def test_the_list_shows_each_run_with_status_progress_accuracy_and_checkpoint(runs_root, capsys):
     assert main(["runs", runs_root]) == 0
     table = output_rows(capsys.readouterr().out)
-    assert sorted(table) == ["dead", "done", "live"]
+    assert sorted(table) == ["dead", "done", "fresh", "live"]
+    assert table["fresh"] == ["fresh", "stopped", "0/8", "0.200", "-", "none", "-"]
     assert table["done"] == ["done", "completed", "4/4", "0.250", "0.500", "step 2", "calm-owl"]
     assert table["live"] == ["live", "running", "2/10", "0.300", "-", "step 2", "-"]
     # Ended without a summary (its process is gone): its last logged evaluation is "after".
@@ -111,7 +115,7 @@ def test_compare_puts_final_metrics_side_by_side_with_a_plot(runs_root, tmp_path
 
 def test_an_unknown_run_or_folder_is_a_clear_error(runs_root, tmp_path, capsys):
     assert main(["runs", "show", "nope", runs_root]) == 2
-    assert f"no run 'nope' (a folder with config.json) as a path or in {runs_root}; runs there: dead, done, live" \
+    assert f"no run 'nope' (a folder with config.json) as a path or in {runs_root}; runs there: dead, done, fresh, live" \
         in capsys.readouterr().err
     assert main(["runs", str(tmp_path / "missing")]) == 2
     assert "missing: no such folder" in capsys.readouterr().err

@@ -26,11 +26,13 @@ def summary(run_dir: str) -> dict:
         return json.load(f)
 
 
-def metrics_by_step(run_dir: str) -> dict[int, dict]:
+def metrics_by_step(run_dir: str, initial: bool = False) -> dict[int, dict]:
+    """The training steps' rows of the metrics log by step; with initial=True also step
+    0, the evaluation before training."""
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), f"duplicate steps in the metrics log: {steps}"
-    return {r["step"]: r for r in rows}
+    return {r["step"]: r for r in rows if initial or r["step"] > 0}
 
 
 def run_siirl_killing_a_rank(args: list[str], run_dir: str, after_step: int, rank: int = 0,
@@ -62,7 +64,7 @@ def run_siirl_killing(args: list[str], run_dir: str, after_step: int, choose: Ca
         proc = subprocess.Popen(siirl_cli() + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + timeout
-            while not (os.path.exists(metrics_path) and _lines(metrics_path) >= after_step):
+            while not (os.path.exists(metrics_path) and steps_logged(metrics_path) >= after_step):
                 if proc.poll() is not None:  # seek only then: `siirl` writes at the offset this file shares
                     log.seek(0)
                     raise AssertionError(f"the run ended before step {after_step}:\n{log.read()[-5000:]}")
@@ -82,6 +84,14 @@ def run_siirl_killing(args: list[str], run_dir: str, after_step: int, choose: Ca
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), victim, left
 
 
-def _lines(path: str) -> int:
+def steps_logged(path: str) -> int:
+    """Training steps in a metrics log (step 0, the evaluation before training, is not one);
+    a line still being written is not counted yet."""
+    count = 0
     with open(path) as f:
-        return sum(1 for line in f if line.strip())
+        for line in f:
+            try:
+                count += json.loads(line)["step"] > 0
+            except ValueError:
+                pass
+    return count

@@ -19,7 +19,7 @@ import pytest
 from siirl_core import champion
 from siirl_core import checkpoint as ckpt
 from tests.conftest import ROOT, _free_port
-from tests.e2e.helpers import metrics_by_step
+from tests.e2e.helpers import metrics_by_step, steps_logged
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -87,7 +87,7 @@ def _killed_run_is_rerun_and_resumes(run, api: str, run_dir: str, overrides: lis
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     metrics = os.path.join(run_dir, "metrics.jsonl")
     deadline = time.time() + 600
-    while not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 3):
+    while not (os.path.exists(metrics) and steps_logged(metrics) >= 3):
         assert time.time() < deadline, "the deployment run did not reach step 3"
         time.sleep(0.05)
     with open(os.path.join(run_dir, "run.lock.json")) as f:

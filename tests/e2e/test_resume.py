@@ -162,7 +162,7 @@ def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path
     # Quiet by default: none of the libraries' start-up chatter a user cannot act on.
     said = resumed.stdout + resumed.stderr
     for noise in ("distributed.", "Setting accelerator to CPU", "FutureWarning", "NUMA binding", "Loading weights",
-                  "Writing model shards", "Triton", "Running hook", "Loading safetensors"):
+                  "Writing model shards", "Triton", "Running hook", "Loading safetensors", "still alive"):
         assert noise not in said, noise
     assert "Beginning flow run" in said and "siirl-train summary" in said
 
@@ -205,6 +205,8 @@ def test_siirl_runs_reads_a_real_run_folder(uninterrupted_dir):
     cells = [c.strip() for c in row.split("│")[1:-1]]
     assert cells == [name, "completed", "6/6", f"{s['val_accuracy_before']:.3f}", f"{s['val_accuracy_after']:.3f}",
                      "step 6", s["flow_run"]], row
+    # The log opens with the evaluation before training, as step 0.
+    assert metrics_by_step(uninterrupted_dir, initial=True)[0] == {"step": 0, "val/accuracy": s["val_accuracy_before"]}
     shown = run_siirl(["runs", "show", name, root]).stdout
     assert f"curves: {s['curves']}" in shown and "run_dir" in shown and s["final_policy"] in shown
 
