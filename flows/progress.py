@@ -15,6 +15,8 @@ SUMMARY_NOTES = {
     "val_accuracy_before": "greedy, held-out prompts, before training (eval_initial.json)",
     "val_accuracy_after": "greedy, held-out prompts, after the last step",
     "last_train_accuracy": "sampled at rollout.temperature, the last step's training prompts",
+    "warm_start_steps": "supervised steps run (sft.steps caps them; sft.target_accuracy may stop them early)",
+    "warm_start_accuracy": "greedy, held-out prompts, right after the warm start",
 }
 
 

@@ -9,7 +9,8 @@ from flows.quiet import quiet
 from flows.watcher import on_running
 from siirl_core.compose import compose_config
 from siirl_core.model_cache import warm_start_dir
-from tasks.model import greedy_eval, make_base_model, supervised_warm_start
+from tasks.model import (greedy_eval, make_base_model, read_warm_start_record, supervised_warm_start,
+                         write_warm_start_record)
 
 
 @flow(name="siirl-sft", log_prints=True, on_running=[on_running])
@@ -25,6 +26,7 @@ def sft_flow(overrides: list[str] | None = None, force: bool = False) -> str:
     base = make_base_model(cfg)
     supervised_warm_start(cfg, base, out)
     acc = greedy_eval(cfg, out)
+    write_warm_start_record(out, dict(read_warm_start_record(out) or {}, held_out_accuracy=acc))
     logger.info("warm start written to %s: greedy accuracy %.3f on %d held-out prompts", out, acc,
                 cfg.task.eval_size)
     return out

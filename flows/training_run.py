@@ -24,7 +24,7 @@ from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.config_checks import make_run_dir
 from siirl_core.metrics import MetricSinks, read_metrics
 from siirl_core.tracking import build_tracker
-from tasks.model import make_agent_base_model, make_base_model
+from tasks.model import make_agent_base_model, make_base_model, read_warm_start_record
 from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
                             restore_checkpoint, save_checkpoint)
 
@@ -35,6 +35,16 @@ def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str | dict[str, st
     if cfg.model.warm_start:
         return sft_flow(overrides)
     return make_base_model(cfg)
+
+
+def _warm_start_summary(policy) -> dict:
+    """Where the policy started and how its warm start went (tasks/model.py records it)."""
+    record = read_warm_start_record(policy) if isinstance(policy, str) else None
+    if record is None:
+        return {}
+    stopped = f", stopped at sft.target_accuracy={record['target_accuracy']}" if record["stopped_at_target"] else ""
+    return {"warm_start": policy, "warm_start_steps": f"{record['steps']} of {record['max_steps']}{stopped}",
+            "warm_start_accuracy": record.get("held_out_accuracy")}
 
 
 def _agent_policy_sources(cfg: SiirlConfig, overrides: list[str]) -> dict[str, str]:
@@ -163,6 +173,7 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
         "last_train_accuracy": last.get("reward/accuracy", float("nan")), "curves": curves,
         "flow_run": flow_run.name, "flow_run_id": str(flow_run.id),
     }
+    summary.update(_warm_start_summary(policy))
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     console.print(summary_table(summary))

@@ -1,6 +1,7 @@
 """Tasks that prepare the policy: the base model and the supervised warm start."""
 from __future__ import annotations
 
+import json
 import os
 
 from prefect import task
@@ -32,19 +33,44 @@ def supervised_warm_start(cfg: SiirlConfig, base_dir: str, out_dir: str) -> str:
     from siirl_core.sft import train_sft
 
     logger = get_run_logger()
+    record = {"steps": 0, "max_steps": cfg.sft.steps, "target_accuracy": cfg.sft.target_accuracy,
+              "stopped_at_target": False, "held_back_accuracy": None}
 
     def report(step: int, loss: float) -> None:
+        record["steps"] = step
         if step % 50 == 0 or step == cfg.sft.steps:
             logger.info("sft step %d/%d loss %.4f", step, cfg.sft.steps, loss)
 
     def check(step: int, accuracy: float) -> None:
+        record["held_back_accuracy"] = accuracy
         if accuracy >= cfg.sft.target_accuracy:
+            record["stopped_at_target"] = step < cfg.sft.steps
             logger.info("sft step %d: greedy accuracy %.3f on held-back demonstrations reaches "
                         "sft.target_accuracy=%s; stopping", step, accuracy, cfg.sft.target_accuracy)
 
-    return train_sft(base_dir, out_dir, build_task(cfg.task), cfg.sft.steps, cfg.sft.batch_size,
-                     cfg.sft.lr, cfg.sft.seed, on_step=report, target_accuracy=cfg.sft.target_accuracy,
-                     check_every=cfg.sft.check_every, max_new_tokens=cfg.rollout.max_new_tokens, on_check=check)
+    train_sft(base_dir, out_dir, build_task(cfg.task), cfg.sft.steps, cfg.sft.batch_size, cfg.sft.lr,
+              cfg.sft.seed, on_step=report, target_accuracy=cfg.sft.target_accuracy,
+              check_every=cfg.sft.check_every, max_new_tokens=cfg.rollout.max_new_tokens, on_check=check)
+    write_warm_start_record(out_dir, record)
+    return out_dir
+
+
+WARM_START_RECORD = "warm_start.json"
+
+
+def write_warm_start_record(model_dir: str, record: dict) -> None:
+    """How the warm start went, kept beside it: training runs report it in their summary."""
+    path = os.path.join(model_dir, WARM_START_RECORD)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def read_warm_start_record(model_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(model_dir, WARM_START_RECORD)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 @task(cache_policy=NO_CACHE)

@@ -205,6 +205,9 @@ def test_siirl_runs_reads_a_real_run_folder(uninterrupted_dir):
     cells = [c.strip() for c in row.split("│")[1:-1]]
     assert cells == [name, "completed", "6/6", f"{s['val_accuracy_before']:.3f}", f"{s['val_accuracy_after']:.3f}",
                      "step 6", s["flow_run"]], row
+    # Where the policy started, and how its warm start went.
+    assert re.fullmatch(r"\d+ of \d+(, stopped at sft.target_accuracy=[\d.]+)?", s["warm_start_steps"]), s
+    assert 0 <= s["warm_start_accuracy"] <= 1 and os.path.isfile(os.path.join(s["warm_start"], "warm_start.json"))
     # The log opens with the evaluation before training, as step 0.
     assert metrics_by_step(uninterrupted_dir, initial=True)[0] == {"step": 0, "val/accuracy": s["val_accuracy_before"]}
     shown = run_siirl(["runs", "show", name, root]).stdout
