@@ -49,8 +49,8 @@ def deepspeed_config(zero_stage: int, micro_batch_size: int, grad_accum: int, wo
         "zero_optimization": {"stage": zero_stage},
         # A plain torch AdamW: DeepSpeed's fused CPU Adam needs a compiled op.
         "zero_allow_untested_optimizer": True,
-        # bf16 ZeRO-1/2 skip a step with a non-finite gradient only when asked (fp32 and
-        # ZeRO-3 always do): skipped steps are counted in DeepSpeedActor.micro_step.
+        # bf16 ZeRO-1/2 skip a step with a non-finite gradient only with this on (DeepSpeed's
+        # default; fp32 and ZeRO-3 always check): explicit, since skipping is relied on.
         "bf16": {"enabled": bf16, "check_grad_overflow": bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
