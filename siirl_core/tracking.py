@@ -32,6 +32,16 @@ def tracking_uri(cfg: SiirlConfig) -> str:
     return cfg.tracking.mlflow_uri or f"sqlite:///{os.path.abspath(DEFAULT_STORE)}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """A SQLite store keeps its artifacts in mlflow-artifacts/ beside the database file
+    (MLflow's own default is ./mlruns under whatever folder the run started in); a server
+    decides for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri[len("sqlite:///"):]
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(database)), "mlflow-artifacts")
+
+
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
     """The nested config as MLflow params: dotted keys, values as text."""
     out: dict[str, str] = {}
@@ -55,11 +65,8 @@ class MlflowTracker:
         self._warned = False
         experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is None:
-            artifacts = None
-            if not cfg.tracking.mlflow_uri:  # beside the default store, not under the working folder
-                artifacts = "file://" + os.path.abspath(os.path.join(os.path.dirname(DEFAULT_STORE),
-                                                                     "mlflow-artifacts"))
-            experiment_id = self.client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+            experiment_id = self.client.create_experiment(cfg.tracking.experiment,
+                                                          artifact_location=artifact_location(self.uri))
         else:
             experiment_id = experiment.experiment_id
         self.run_id = self._previous_run(run_dir) if resumed_from else None

@@ -46,6 +46,9 @@ def test_a_run_is_tracked_and_a_resume_continues_it(tmp_path):
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "reward/mean")]
     assert sorted(history) == [(1, 0.1), (2, 0.2), (3, 0.3), (3, 0.3), (4, 0.4)]  # step 3 replayed, same value
     assert [f.path for f in client.list_artifacts(run.info.run_id, "final_policy")] == ["final_policy/config.json"]
+    # The artifacts sit beside the SQLite file, not in ./mlruns of whatever folder the run started in.
+    [stored] = list((tmp_path / "mlflow-artifacts").rglob("final_policy/config.json"))
+    assert stored.read_text() == "{}"
 
 
 def test_a_store_that_cannot_be_opened_stops_the_run_naming_the_key(tmp_path):
