@@ -45,17 +45,17 @@ def test_the_sft_flow_records_how_the_warm_start_went(tmp_path):
     from tests.conftest import ROOT, siirl_cli
 
     cache = tmp_path / "cache"
-    proc = subprocess.run(siirl_cli() + ["sft", "model=tiny", "sft.steps=400", "sft.target_accuracy=0.05",
-                                         f"storage.cache_dir={cache}", "task.eval_size=100"],
+    proc = subprocess.run(siirl_cli() + ["sft", "model=tiny", "sft.steps=400", "sft.target_accuracy=0.02",
+                                         "sft.check_every=10", f"storage.cache_dir={cache}", "task.eval_size=50"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     stopped = re.search(r"sft step (\d+): greedy accuracy ([\d.]+) on held-back demonstrations reaches", log)
-    written = re.search(r"warm start written to (\S+): greedy accuracy ([\d.]+) on 100 held-out prompts", log)
+    written = re.search(r"warm start written to (\S+): greedy accuracy ([\d.]+) on 50 held-out prompts", log)
     assert stopped and written, log[-3000:]
     with open(f"{written.group(1)}/warm_start.json") as f:
         record = json.load(f)
     assert record["steps"] == int(stopped.group(1)) < 400 and record["max_steps"] == 400
-    assert record["stopped_at_target"] and record["target_accuracy"] == 0.05
+    assert record["stopped_at_target"] and record["target_accuracy"] == 0.02
     assert f"{record['held_back_accuracy']:.3f}" == stopped.group(2)
     assert f"{record['held_out_accuracy']:.3f}" == written.group(2)
