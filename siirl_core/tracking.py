@@ -4,7 +4,8 @@ held-out accuracy before training (step 0) and after it (the last step), and the
 policy as an artifact. A resumed run continues the same MLflow run (its id is kept in
 the run folder's mlflow_run.json); MLflow cannot delete points, so steps replayed after
 a resume appear twice in a metric's history, with equal values (the replay is exact).
-A tracking server that fails mid-run costs a warning, not the run."""
+A tracking server that fails mid-run costs a warning, not the run; the steps it missed
+are named at the end and kept as the MLflow run's tag siirl.steps_not_logged."""
 from __future__ import annotations
 
 import importlib.util
@@ -62,7 +63,7 @@ class MlflowTracker:
 
         self.uri = tracking_uri(cfg)
         self.client = MlflowClient(self.uri)
-        self._warned = False
+        self.missed: list[int] = []  # steps MLflow did not take
         experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is None:
             experiment_id = self.client.create_experiment(cfg.tracking.experiment,
@@ -106,10 +107,10 @@ class MlflowTracker:
             for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per call
                 self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
         except Exception as err:  # any client or server fault: tracking must not stop training
-            if not self._warned:
+            if not self.missed:
                 log.warning("MLflow at %s: logging step %d failed (%s); training goes on, later steps are "
                             "tried again", self.uri, step, err)
-                self._warned = True
+            self.missed.append(step)
 
     def fail(self) -> None:
         """Mark the MLflow run failed (the siirl run stopped with an error); a tracking
@@ -120,6 +121,10 @@ class MlflowTracker:
             log.warning("MLflow at %s: could not mark run %s failed: %s", self.uri, self.run_id, err)
 
     def finish(self, final_policy: str = "") -> None:
+        if self.missed:  # said again at the end, and kept on the MLflow run: its curves have gaps
+            log.warning("MLflow at %s: %d steps were not logged (first %d, last %d); metrics.jsonl has them",
+                        self.uri, len(self.missed), self.missed[0], self.missed[-1])
+            self.client.set_tag(self.run_id, "siirl.steps_not_logged", json.dumps(self.missed))
         if final_policy and self.log_policy:
             self.client.log_artifacts(self.run_id, final_policy, artifact_path="final_policy")
         self.client.set_terminated(self.run_id, "FINISHED")

@@ -65,3 +65,31 @@ def test_tracking_without_mlflow_installed_is_a_config_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(ConfigError, match=r"tracking.mlflow=true needs MLflow.*pip install 'siirl\[tracking\]'"):
         compose_config(["tracking.mlflow=true"])
+
+
+def test_a_store_fault_mid_run_costs_the_steps_it_missed_which_are_named(tmp_path, caplog):
+    """The store's file is overwritten from outside while step 2 is logged, then put back
+    (a fault, then recovery): training would go on, step 2 is missing from MLflow, and the
+    end of the run names it in the log and on the MLflow run."""
+    import json
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_config(["tracking.mlflow=true", f"tracking.mlflow_uri={uri}", "tracking.log_policy=false"])
+    tracker = build_tracker(cfg, str(tmp_path), resumed_from=0)
+    tracker.write(1, {"reward/mean": 0.1})
+    with open(tmp_path / "mlflow.db", "r+b") as db:
+        header = db.read(100)
+        db.seek(0)
+        db.write(b"\0" * 100)  # no longer a SQLite file
+        db.flush()
+        tracker.write(2, {"reward/mean": 0.2})
+        db.seek(0)
+        db.write(header)
+    tracker.write(3, {"reward/mean": 0.3})
+    tracker.finish()
+
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "reward/mean")] == [1, 3]
+    assert json.loads(run.data.tags["siirl.steps_not_logged"]) == [2] and run.info.status == "FINISHED"
+    assert "1 steps were not logged (first 2, last 2); metrics.jsonl has them" in caplog.text
