@@ -91,15 +91,11 @@ def last_checkpoint(checkpoint_root: str, endpoint_url: str = "") -> str:
     from siirl_core.storage import filesystem
 
     try:
-        fs, root = filesystem(checkpoint_root, endpoint_url)
-        names = sorted(posixpath.basename(n.rstrip("/")) for n in fs.ls(posixpath.join(root, "checkpoints"),
-                                                                          detail=False))
-        for name in reversed(names):
-            if name.startswith("step_") and fs.exists(posixpath.join(root, "checkpoints", name, ckpt.MANIFEST)):
-                return f"step {int(name[len('step_'):])}"
-    except FileNotFoundError:
-        pass
-    except OSError as err:  # a storage fault is shown, not fatal to a listing
+        for step, folder in reversed(ckpt.step_folders(checkpoint_root, endpoint_url)):
+            fs, path = filesystem(folder, endpoint_url)
+            if fs.exists(posixpath.join(path, ckpt.MANIFEST)):
+                return f"step {step}"
+    except OSError as err:  # a storage fault is shown in the listing, which goes on
         return f"? ({type(err).__name__})"
     return "none"
 

@@ -8,9 +8,8 @@ from prefect import flow, get_run_logger
 from flows.quiet import quiet
 from flows.watcher import on_running
 from siirl_core.compose import compose_config
-from siirl_core.model_cache import warm_start_dir
-from tasks.model import (greedy_eval, make_base_model, read_warm_start_record, supervised_warm_start,
-                         write_warm_start_record)
+from siirl_core.model_cache import warm_start_dir, write_warm_start_record
+from tasks.model import greedy_eval, make_base_model, supervised_warm_start
 
 
 @flow(name="siirl-sft", log_prints=True, on_running=[on_running])
@@ -24,9 +23,9 @@ def sft_flow(overrides: list[str] | None = None, force: bool = False) -> str:
         logger.info("warm start cached at %s", out)
         return out
     base = make_base_model(cfg)
-    supervised_warm_start(cfg, base, out)
+    record = supervised_warm_start(cfg, base, out)
     acc = greedy_eval(cfg, out)
-    write_warm_start_record(out, dict(read_warm_start_record(out) or {}, held_out_accuracy=acc))
+    write_warm_start_record(out, dict(record, held_out_accuracy=acc))
     logger.info("warm start written to %s: greedy accuracy %.3f on %d held-out prompts", out, acc,
                 cfg.task.eval_size)
     return out

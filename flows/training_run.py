@@ -23,8 +23,9 @@ from siirl_core.compose import compose_config
 from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.config_checks import make_run_dir
 from siirl_core.metrics import MetricSinks, read_metrics
+from siirl_core.model_cache import read_warm_start_record
 from siirl_core.tracking import build_tracker
-from tasks.model import make_agent_base_model, make_base_model, read_warm_start_record
+from tasks.model import make_agent_base_model, make_base_model
 from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
                             restore_checkpoint, save_checkpoint)
 
@@ -38,7 +39,7 @@ def _policy_source(cfg: SiirlConfig, overrides: list[str]) -> str | dict[str, st
 
 
 def _warm_start_summary(policy) -> dict:
-    """Where the policy started and how its warm start went (tasks/model.py records it)."""
+    """Where the policy started and how its warm start went (the sft flow records it)."""
     record = read_warm_start_record(policy) if isinstance(policy, str) else None
     if record is None:
         return {}
@@ -150,7 +151,7 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
         sinks = MetricSinks(run_dir, resumed_from=start, also=(tracker,))
         try:
             before = _initial_eval(group, cfg, start)
-            if not any(row["step"] == start for row in read_metrics(run_dir)):
+            if sinks.last_step != start:
                 sinks.write(start, before)  # the evaluation before training opens the log (step 0 of a new run)
             last = _train_loop(cfg, group, run_dir, start, sinks, before)
             after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)

@@ -233,8 +233,9 @@ def download(folder_uri: str, manifest: dict, local_dir: str, wanted=lambda rel:
             raise ChecksumError(f"checkpoint {folder_uri}: {rel} does not match its checksum")
 
 
-def complete_checkpoints(root_uri: str, endpoint_url: str = "") -> list[tuple[int, str]]:
-    """(step, folder URI) of every complete checkpoint, oldest first."""
+def step_folders(root_uri: str, endpoint_url: str = "") -> list[tuple[int, str]]:
+    """(step, folder URI) of every step_N folder under checkpoints/, oldest first, complete
+    or not (one listing, nothing verified)."""
     fs, root = filesystem(root_uri, endpoint_url)
     base = join(root_uri, "checkpoints")
     path = posixpath.join(root, "checkpoints")
@@ -245,9 +246,15 @@ def complete_checkpoints(root_uri: str, endpoint_url: str = "") -> list[tuple[in
     found = []
     for name in sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names):
         m = _STEP_DIR.match(name)
-        if m and verify(join(base, name), endpoint_url) is not None:
+        if m:
             found.append((int(m.group(1)), join(base, name)))
     return found
+
+
+def complete_checkpoints(root_uri: str, endpoint_url: str = "") -> list[tuple[int, str]]:
+    """(step, folder URI) of every complete checkpoint, oldest first."""
+    return [(step, folder) for step, folder in step_folders(root_uri, endpoint_url)
+            if verify(folder, endpoint_url) is not None]
 
 
 def find_resume_point(root_uri: str, resume: str, endpoint_url: str = "") -> Optional[tuple[int, str]]:

@@ -80,12 +80,15 @@ class MetricSinks:
             self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=resumed_from + 1)
 
     def _truncate_after(self, step: int) -> None:
+        self.last_step: int | None = None  # the newest step the log keeps
         if not os.path.exists(self.jsonl_path):
             return
         with open(self.jsonl_path) as f:
             keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
         with open(self.jsonl_path, "w") as f:
             f.writelines(keep)
+        if keep:
+            self.last_step = json.loads(keep[-1])["step"]
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         with open(self.jsonl_path, "a") as f:

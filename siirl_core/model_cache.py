@@ -62,3 +62,21 @@ def publish(staged: str, out: str) -> str:
             raise
         shutil.rmtree(staged)
     return out
+
+
+WARM_START_RECORD = "warm_start.json"
+
+
+def write_warm_start_record(model_dir: str, record: dict) -> None:
+    """How a warm start went, kept beside it: training runs report it in their summary."""
+    with open(os.path.join(model_dir, WARM_START_RECORD), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def read_warm_start_record(model_dir: str) -> dict | None:
+    """The record, or None for a warm start made before records were kept."""
+    try:
+        with open(os.path.join(model_dir, WARM_START_RECORD)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

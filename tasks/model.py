@@ -1,7 +1,6 @@
 """Tasks that prepare the policy: the base model and the supervised warm start."""
 from __future__ import annotations
 
-import json
 import os
 
 from prefect import task
@@ -27,7 +26,9 @@ def make_base_model(cfg: SiirlConfig) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def supervised_warm_start(cfg: SiirlConfig, base_dir: str, out_dir: str) -> str:
+def supervised_warm_start(cfg: SiirlConfig, base_dir: str, out_dir: str) -> dict:
+    """Train the warm start into out_dir; how it went (steps run, whether sft.target_accuracy
+    stopped it, the last held-back accuracy) for its record (model_cache.write_warm_start_record)."""
     from prefect import get_run_logger
 
     from siirl_core.sft import train_sft
@@ -51,26 +52,7 @@ def supervised_warm_start(cfg: SiirlConfig, base_dir: str, out_dir: str) -> str:
     train_sft(base_dir, out_dir, build_task(cfg.task), cfg.sft.steps, cfg.sft.batch_size, cfg.sft.lr,
               cfg.sft.seed, on_step=report, target_accuracy=cfg.sft.target_accuracy,
               check_every=cfg.sft.check_every, max_new_tokens=cfg.rollout.max_new_tokens, on_check=check)
-    write_warm_start_record(out_dir, record)
-    return out_dir
-
-
-WARM_START_RECORD = "warm_start.json"
-
-
-def write_warm_start_record(model_dir: str, record: dict) -> None:
-    """How the warm start went, kept beside it: training runs report it in their summary."""
-    path = os.path.join(model_dir, WARM_START_RECORD)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-
-
-def read_warm_start_record(model_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(model_dir, WARM_START_RECORD)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
+    return record
 
 
 @task(cache_policy=NO_CACHE)
