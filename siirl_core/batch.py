@@ -65,7 +65,7 @@ class IterationBatch:
 
 @dataclass(frozen=True)
 class Node:
-    """A pipeline step: `fn(worker, batch, bag)`, and the batch fields it reads and writes."""
+    """A pipeline step: `fn(parts, batch, bag)`, and the batch fields it reads and writes."""
 
     name: str
     fn: Callable

@@ -136,7 +136,8 @@ class AlgorithmConfig:
     # The iteration's nodes in order: built-in names (pipeline.NODES: rollout, reward,
     # dynamic_sampling, remax_baseline, old_logprobs, ref_logprobs, values, advantage,
     # update, critic_update, sync) and user nodes `pkg.module:fn` / `file.py:fn` called as
-    # fn(worker, batch, bag) (siirl_core/batch.py). Empty: the algorithm's default graph.
+    # fn(parts, batch, bag) (siirl_core/rank_parts.py, siirl_core/batch.py). Empty: the
+    # algorithm's default graph.
     pipeline: list[str] = field(default_factory=list)
 
 

@@ -1,7 +1,8 @@
 """One RL iteration as an ordered list of nodes over a typed per-rank batch.
 
-Every node is `node(worker, batch, bag)`: it reads the fields of `batch` (an
-`IterationBatch`) that earlier nodes wrote, writes its own, and may record metrics in
+Every node is `node(parts, batch, bag)`: with the rank's engines (`parts`, a
+rank_parts.RankParts), it reads the fields of `batch` (an `IterationBatch`) that earlier
+nodes wrote, writes its own, and may record metrics in
 `bag`. `NODES` declares what each built-in node reads and writes; `resolve_pipeline`
 refuses an order in which a node would read a field no earlier node wrote. The default
 GRPO graph is rollout -> reward -> old_logprobs -> ref_logprobs -> advantage -> update
@@ -38,31 +39,31 @@ DEFAULT_GRPO_PIPELINE = ("rollout", "reward", "old_logprobs", "ref_logprobs", "a
 
 
 def timed(name: str, fn: Callable) -> Callable:
-    def run(worker, batch, bag: MetricBag):
+    def run(parts, batch, bag: MetricBag):
         t0 = time.perf_counter()
-        fn(worker, batch, bag)
+        fn(parts, batch, bag)
         if torch.cuda.is_available():  # GPU work is asynchronous: finish it inside its node's time
             torch.cuda.synchronize()
         bag.add(f"timing_s/{name}", time.perf_counter() - t0, reduce="max")
     return run
 
 
-def _generate(w, problems: list, step: int, round_: int = 0, keep_graph: bool = False) -> RolloutBatch:
-    cfg, t = w.cfg, w.cfg.trainer
-    prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in problems]
+def _generate(parts, problems: list, step: int, round_: int = 0, keep_graph: bool = False) -> RolloutBatch:
+    cfg, t = parts.cfg, parts.cfg.trainer
+    prompt_ids = [parts.tokenizer(p.prompt)["input_ids"] for p in problems]
     sampling = SamplingConfig(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens, min_new_tokens=cfg.rollout.min_new_tokens)
     # data_seed mixed in below 2**31: vLLM's per-prompt seeds are multiplied up and must stay int64.
-    seed = ((t.seed * 100_003 + step) * 1_009 + w.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
+    seed = ((t.seed * 100_003 + step) * 1_009 + parts.rank) ^ (t.data_seed * 2_654_435_761 % 2**31)
     if keep_graph:
-        return w.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919, keep_graph=True)
-    return w.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919)
+        return parts.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919, keep_graph=True)
+    return parts.rollout.generate(prompt_ids, sampling, seed + round_ * 7_919)
 
 
-def _my_prompts(w, step: int, round_: int = 0) -> list:
-    t = w.cfg.trainer
+def _my_prompts(parts, step: int, round_: int = 0) -> list:
+    t = parts.cfg.trainer
     stream = t.data_seed if round_ == 0 else t.data_seed * 1_000 + round_  # extra rounds: fresh prompts
-    return shard(w.task.train_batch(t.seed, step, t.prompts_per_step, stream=stream), w.rank, w.world_size)
+    return shard(parts.task.train_batch(t.seed, step, t.prompts_per_step, stream=stream), parts.rank, parts.world_size)
 
 
 def _record_rollout(rb: RolloutBatch, bag) -> None:
@@ -74,34 +75,34 @@ def _record_rollout(rb: RolloutBatch, bag) -> None:
     bag.add("perf/rollout_tokens", sum(lengths), reduce="sum")
 
 
-def node_rollout(w, b: IterationBatch, bag):
-    problems = _my_prompts(w, b.step)
-    fused = fused_update_active(w.cfg)
-    b.problems, b.rollout = problems, _generate(w, problems, b.step, keep_graph=fused)
+def node_rollout(parts, b: IterationBatch, bag):
+    problems = _my_prompts(parts, b.step)
+    fused = fused_update_active(parts.cfg)
+    b.problems, b.rollout = problems, _generate(parts, problems, b.step, keep_graph=fused)
     if fused:  # the update back-propagates through these instead of a forward pass of its own
         b.rollout_logits, b.rollout.train_logits = b.rollout.train_logits, None
-    b.tensors = pad_rollout(b.rollout, w.tokenizer.pad_token_id)
+    b.tensors = pad_rollout(b.rollout, parts.tokenizer.pad_token_id)
     _record_rollout(b.rollout, bag)
 
 
-def reward_samples(w, step: int, problems: list, rb: RolloutBatch, texts: list[str]) -> list[dict]:
+def reward_samples(parts, step: int, problems: list, rb: RolloutBatch, texts: list[str]) -> list[dict]:
     """The reward function's inputs, one per sample, with an id naming step, rank and prompt."""
     out = []
     for j, (text, g, finished) in enumerate(zip(texts, rb.group_index, rb.finished)):
         p = problems[g]
-        sid = f"step {step} rank {w.rank} prompt {g}" + (f" ({p.uid})" if p.uid else "") + f" sample {j}"
-        out.append({"data_source": p.data_source or w.task.name, "solution_str": text, "ground_truth": p.truth,
+        sid = f"step {step} rank {parts.rank} prompt {g}" + (f" ({p.uid})" if p.uid else "") + f" sample {j}"
+        out.append({"data_source": p.data_source or parts.task.name, "solution_str": text, "ground_truth": p.truth,
                     "extra_info": dict(p.extra_info, finished=finished, id=sid)})
     return out
 
 
-def score_rollout(w, step: int, problems: list, rb: RolloutBatch) -> tuple[list[float], list[float], object]:
+def score_rollout(parts, step: int, problems: list, rb: RolloutBatch) -> tuple[list[float], list[float], object]:
     """(rewards, accuracies, Scored) of a rollout of `problems`: the reward function, the
     format bonus and DAPO's overlong penalty."""
-    cfg = w.cfg
-    texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in rb.response_ids]
-    scored = w.reward.score(reward_samples(w, step, problems, rb, texts))
-    rewards = add_format_bonus(w.task, texts, rb.finished, scored, cfg.task.format_reward)
+    cfg = parts.cfg
+    texts = [parts.tokenizer.decode(r, skip_special_tokens=True) for r in rb.response_ids]
+    scored = parts.reward.score(reward_samples(parts, step, problems, rb, texts))
+    rewards = add_format_bonus(parts.task, texts, rb.finished, scored, cfg.task.format_reward)
     if cfg.algorithm.overlong_buffer:
         lengths = torch.tensor([len(r) + int(f) for r, f in zip(rb.response_ids, rb.finished)])  # EOS counts
         penalty = overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.algorithm.overlong_buffer,
@@ -118,8 +119,8 @@ def _record_rewards(bag, rewards: list[float], acc: list[float], scored) -> None
     bag.add("reward/timeouts", scored.timeouts, reduce="sum")
 
 
-def node_reward(w, b: IterationBatch, bag):
-    rewards, acc, scored = score_rollout(w, b.step, b.problems, b.rollout)
+def node_reward(parts, b: IterationBatch, bag):
+    rewards, acc, scored = score_rollout(parts, b.step, b.problems, b.rollout)
     b.scores = torch.tensor(rewards, dtype=torch.float32)
     _record_rewards(bag, rewards, acc, scored)
 
@@ -131,19 +132,19 @@ def _groups(rb: RolloutBatch) -> dict[int, list[int]]:
     return out
 
 
-def node_dynamic_sampling(w, b: IterationBatch, bag):
+def node_dynamic_sampling(parts, b: IterationBatch, bag):
     """DAPO's dynamic sampling: keep only groups whose rewards differ (the others carry no
     GRPO gradient) and sample fresh prompts until this rank's share is full, for at most
     algorithm.max_sampling_rounds rounds. At the bound, equal-reward groups fill the rest
     (advantage 0), so every rank trains on the same number of samples, and a warning says so."""
-    target = w.cfg.trainer.prompts_per_step // w.world_size  # this rank's share of prompts
+    target = parts.cfg.trainer.prompts_per_step // parts.world_size  # this rank's share of prompts
     kept, spare = [], []  # (problem, sample rows, rewards, accuracies)
     errors = timeouts = rounds = 0
-    for round_ in range(w.cfg.algorithm.max_sampling_rounds):
+    for round_ in range(parts.cfg.algorithm.max_sampling_rounds):
         rounds += 1
-        problems = _my_prompts(w, b.step, round_)
-        rb = _generate(w, problems, b.step, round_)
-        rewards, acc, scored = score_rollout(w, b.step, problems, rb)
+        problems = _my_prompts(parts, b.step, round_)
+        rb = _generate(parts, problems, b.step, round_)
+        rewards, acc, scored = score_rollout(parts, b.step, problems, rb)
         errors, timeouts = errors + scored.errors, timeouts + scored.timeouts
         for g, rows in _groups(rb).items():
             entry = (problems[g], [_row(rb, i) for i in rows], [rewards[i] for i in rows],
@@ -157,13 +158,13 @@ def node_dynamic_sampling(w, b: IterationBatch, bag):
     if len(kept) < target:
         log.warning("dynamic sampling at step %d (rank %d): only %d of %d groups had differing rewards after "
                     "%d rounds (algorithm.max_sampling_rounds); %d equal-reward groups fill the batch",
-                    b.step, w.rank, len(kept), target, rounds, target - len(kept))
+                    b.step, parts.rank, len(kept), target, rounds, target - len(kept))
     chosen = (kept + spare)[:target]
     b.problems = [entry[0] for entry in chosen]
     b.rollout = _joined([entry[1] for entry in chosen])
     rewards = [r for entry in chosen for r in entry[2]]
     b.scores = torch.tensor(rewards, dtype=torch.float32)
-    b.tensors = pad_rollout(b.rollout, w.tokenizer.pad_token_id)
+    b.tensors = pad_rollout(b.rollout, parts.tokenizer.pad_token_id)
     _record_rollout(b.rollout, bag)
     scored = Scored(rewards, [a for entry in chosen for a in entry[3]], errors, timeouts)
     _record_rewards(bag, rewards, scored.accuracies, scored)
@@ -180,28 +181,30 @@ def _joined(groups: list[list[tuple]]) -> RolloutBatch:
                         [r[3] for r, _ in rows], [g for _, g in rows])
 
 
-def node_ref_logprobs(w, b: IterationBatch, bag):
-    if w.ref_module is None:
+def node_ref_logprobs(parts, b: IterationBatch, bag):
+    if parts.ref_module is None:
         b.ref_log_probs = None
         return
     t = b.tensors
-    args = (t.input_ids, t.attention_mask, t.response_len, w.cfg.trainer.micro_batch_size, w.cfg.rollout.temperature)
-    if w.cfg.algorithm.kl_estimator == "full":  # the exact KL compares whole distributions
-        b.ref_log_probs = compute_full_logprobs(w.ref_module, *args)  # [B, R, V]
-        if w.cfg.algorithm.kl_in_reward:
-            b.old_full_log_probs = compute_full_logprobs(w.actor.module, *args)
+    cfg = parts.cfg
+    args = (t.input_ids, t.attention_mask, t.response_len, cfg.trainer.micro_batch_size, cfg.rollout.temperature)
+    if cfg.algorithm.kl_estimator == "full":  # the exact KL compares whole distributions
+        b.ref_log_probs = compute_full_logprobs(parts.ref_module, *args)  # [B, R, V]
+        if cfg.algorithm.kl_in_reward:
+            b.old_full_log_probs = compute_full_logprobs(parts.actor.module, *args)
         return
-    b.ref_log_probs = compute_logprobs(w.ref_module, *args)
+    b.ref_log_probs = compute_logprobs(parts.ref_module, *args)
 
 
-def node_remax_baseline(w, b: IterationBatch, bag):
+def node_remax_baseline(parts, b: IterationBatch, bag):
     """ReMax's baseline: the reward of each prompt's greedy response, for every sample of it."""
-    cfg = w.cfg
-    prompt_ids = [w.tokenizer(p.prompt)["input_ids"] for p in b.problems]
-    greedy = w.rollout.generate(prompt_ids, SamplingConfig(n=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens),
-                                seed=0)
-    texts = [w.tokenizer.decode(r, skip_special_tokens=True) for r in greedy.response_ids]
-    scored = w.reward.score(reward_samples(w, b.step, b.problems, greedy, texts))
+    cfg = parts.cfg
+    prompt_ids = [parts.tokenizer(p.prompt)["input_ids"] for p in b.problems]
+    greedy = parts.rollout.generate(prompt_ids,
+                                    SamplingConfig(n=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens),
+                                    seed=0)
+    texts = [parts.tokenizer.decode(r, skip_special_tokens=True) for r in greedy.response_ids]
+    scored = parts.reward.score(reward_samples(parts, b.step, b.problems, greedy, texts))
     base = torch.tensor(scored.rewards, dtype=torch.float32)  # [prompts]
     b.baseline_scores = base[torch.tensor(b.rollout.group_index)]  # [B]
     bag.add("reward/greedy_baseline_mean", float(base.mean()), weight=len(base))
@@ -215,20 +218,20 @@ def outcome_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> 
     return out
 
 
-def node_advantage(w, b: IterationBatch, bag):
+def node_advantage(parts, b: IterationBatch, bag):
     """The configured estimator, given whichever of its optional inputs it asks for."""
-    algo = w.cfg.algorithm
+    algo = parts.cfg.algorithm
     t = b.tensors
     token_rewards = outcome_token_rewards(b.scores, t.response_mask)  # [B, R]
     if algo.kl_in_reward:
         policy = b.old_full_log_probs if algo.kl_estimator == "full" else b.old_log_probs
         token_rewards, kl = kl_in_reward(token_rewards, policy, b.ref_log_probs,
-                                         t.response_mask, coef=w.kl_ctrl.value, estimator=algo.kl_estimator)
+                                         t.response_mask, coef=parts.kl_ctrl.value, estimator=algo.kl_estimator)
         # The controller steers on the token mean over the global batch; every rank gets the same value.
         batch_kl = pooled_mean(all_gather((float(kl), float(t.response_mask.sum()))))
         bag.add("actor/reward_kl", float(kl), weight=float(t.response_mask.sum()))
-        bag.add("actor/reward_kl_coef", w.kl_ctrl.value)
-        w.kl_ctrl.update(batch_kl, n_steps=len(b.scores) * w.world_size)
+        bag.add("actor/reward_kl_coef", parts.kl_ctrl.value)
+        parts.kl_ctrl.update(batch_kl, n_steps=len(b.scores) * parts.world_size)
     available = {"norm_by_std": algo.norm_adv_by_std, "token_rewards": token_rewards, "values": b.values,
                  "baseline_scores": b.baseline_scores, "gamma": algo.gamma, "lam": algo.lam}
     estimator = ADVANTAGE_ESTIMATORS.get(algo.adv_estimator)
@@ -303,7 +306,7 @@ def _resolved(cfg, entry: str) -> Node:
 
 def resolve_pipeline(cfg) -> list[Callable]:
     """algorithm.pipeline: node names and user nodes (`pkg.module:fn` or `file.py:fn`, each
-    called as fn(worker, batch, bag), declaring what they read and write with
+    called as fn(parts, batch, bag), declaring what they read and write with
     `siirl_core.batch.declared`) in order; empty means the algorithm's default graph.
     An order in which a node reads a field before any node writes it is a ValueError."""
     nodes = [_resolved(cfg, entry) for entry in cfg.algorithm.pipeline or default_pipeline(cfg)]
@@ -326,11 +329,13 @@ def _pipeline_rule(cfg) -> None:
             raise ConfigError(str(err)) from None
 
 
-def run_iteration(worker, step: int, nodes: list[Callable], batch_type: type = IterationBatch) -> MetricBag:
+def run_iteration(parts, step: int, nodes: list[Callable], batch_type: type = IterationBatch) -> MetricBag:
+    """One iteration: each node in order, given the rank's parts (rank_parts.RankParts or
+    EpisodeParts), the batch and the metric bag."""
     bag = MetricBag()
     batch = batch_type(step=step)
     t0 = time.perf_counter()
     for node in nodes:
-        node(worker, batch, bag)
+        node(parts, batch, bag)
     bag.add("timing_s/iteration", time.perf_counter() - t0, reduce="max")
     return bag

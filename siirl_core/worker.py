@@ -24,6 +24,7 @@ from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import resolve_pipeline, run_iteration
 from siirl_core.policy import TrainedEngine, TrainedPolicy
+from siirl_core.rank_parts import RankParts
 from siirl_core.evaluation import evaluate_sampled, greedy_correct
 from siirl_core.rollout.base import RolloutEngine, SamplingConfig
 from siirl_core.rollout.engines import build_rollout_engine
@@ -90,6 +91,14 @@ class RankWorker:
                 "zero_stage": self.actor.zero_stage,
                 "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
 
+    @property
+    def parts(self) -> RankParts:
+        """What this rank's pipeline nodes are given (built afresh for each iteration, so
+        an engine replaced on the worker is the one they use)."""
+        return RankParts(cfg=self.cfg, rank=self.rank, world_size=self.world_size, tokenizer=self.tokenizer,
+                         task=self.task, reward=self.reward, actor=self.actor, rollout=self.rollout,
+                         kl_ctrl=self.kl_ctrl, ref_module=self.ref_module, critic=self.critic)
+
     def _init_distributed(self) -> None:
         self.backend = init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
                                           local_world_size=self.local_world_size,
@@ -147,7 +156,7 @@ class RankWorker:
             raise RuntimeError(f"rank {self.rank}: step {step} already applied (at step {self.step})")
         metrics = {}
         while self.step < step:
-            bag = run_iteration(self, self.step + 1, self.pipeline, self.batch_type)
+            bag = run_iteration(self.parts, self.step + 1, self.pipeline, self.batch_type)
             self.step += 1
             metrics = self._finish_metrics(bag)
         return metrics

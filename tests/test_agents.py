@@ -9,12 +9,14 @@ import torch
 
 from siirl_core.agents.credit import per_agent_credit, team_credit
 from siirl_core.agents.envs import MatrixGame, ReferentialGame, SolverVerifier, Start
-from siirl_core.agents.episodes import allowed_mask, render, restrict, sample, schedule
+from siirl_core.agents.episodes import allowed_ids, allowed_mask, render, schedule
 from siirl_core.algorithms import ADVANTAGE_ESTIMATORS
 from siirl_core.compose import compose_config
 from siirl_core.config import AgentSpec, ConfigError
 from siirl_core.data import ArithmeticTask
 from siirl_core.models import create_tiny_model, load_causal_lm, load_tokenizer
+from siirl_core.rollout.base import SamplingConfig
+from siirl_core.rollout.hf_engine import HFRollout
 from siirl_core.training.logprobs import response_logits
 from tests.conftest import ROOT, siirl_cli
 
@@ -70,22 +72,35 @@ def test_environment_outcomes():
     assert game.outcome(Start({}), [("p", "x"), ("q", "S")]).rewards == {"p": -1.0, "q": 1.0}  # invalid loses
 
 
-def test_masked_sampling_emits_only_allowed_tokens_with_the_trainers_logprobs(tmp_path):
+def test_masked_sampling_through_the_rollout_engine(tmp_path):
+    """Agents sample through the rollout engine: only their action vocabulary, greedy is
+    the argmax over it (a plain loop of full forward passes, by hand), and the log-probs
+    are those of the unrestricted logits, as the trainer recomputes them."""
     path = create_tiny_model(str(tmp_path / "m"), "ABCDabcd:S", seed=0)
     model, tok = load_causal_lm(path), load_tokenizer(path)
-    mask = allowed_mask(tok, "ab", len(tok))
+    engine = HFRollout(model, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    allowed = allowed_ids(tok, "ab")
     prompts = [tok("SA:")["input_ids"], tok("SB:")["input_ids"]] * 16
-    responses, logprobs = sample(model, prompts, max_new_tokens=3, temperature=1.0, greedy=False, mask=mask,
-                                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                                 generator=torch.Generator().manual_seed(0))
-    texts = {tok.decode(r) for r in responses}
+    rb = engine.generate(prompts, SamplingConfig(n=1, max_new_tokens=3, allowed_token_ids=allowed), seed=0)
+    texts = {tok.decode(r) for r in rb.response_ids}
     assert texts <= {x + y + z for x in "ab" for y in "ab" for z in "ab"} and len(texts) > 2
-    ids = torch.tensor([p + r for p, r in zip(prompts, responses)])
-    logits = restrict(response_logits(model, ids, torch.ones_like(ids), 3), mask)
+    ids = torch.tensor([p + r for p, r in zip(prompts, rb.response_ids)])
+    logits = response_logits(model, ids, torch.ones_like(ids), 3)
     recomputed = torch.log_softmax(logits, -1).gather(-1, ids[:, -3:, None])[..., 0]
-    assert torch.allclose(recomputed, torch.tensor(logprobs), atol=1e-5)
+    assert torch.allclose(recomputed, torch.tensor(rb.response_logprobs), atol=1e-5)
+
+    greedy = engine.generate(prompts[:2], SamplingConfig(n=1, max_new_tokens=3, greedy=True,
+                                                         allowed_token_ids=allowed), seed=0).response_ids
+    for prompt, response in zip(prompts[:2], greedy):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(3):
+                last = model(input_ids=torch.tensor([seq])).logits[0, -1]
+                seq.append(max(allowed, key=lambda i: float(last[i])))
+        assert response == seq[len(prompt):]
+    assert torch.equal(allowed_mask(tok, "ab", len(tok)).nonzero()[:, 0], torch.tensor(sorted(allowed)))
     with pytest.raises(ValueError, match="'z' is not in the policy's vocabulary"):
-        allowed_mask(tok, "az", len(tok))
+        allowed_ids(tok, "az")
 
 
 @pytest.mark.parametrize("override,message", [

@@ -85,7 +85,7 @@ def test_user_node_in_the_pipeline(algo_worker, tmp_path):
         from siirl_core.batch import declared
 
         @declared(reads=("scores",), writes=("scores",))
-        def flip_scores(worker, batch, bag):
+        def flip_scores(parts, batch, bag):
             batch.scores = 1.0 - batch.scores  # reward the wrong answers
             bag.add("custom/flipped_mean", float(batch.scores.mean()))
     """))
@@ -183,7 +183,7 @@ def test_on_policy_update_reuses_its_forward_as_the_old_logprobs(algo_worker):
     assert on_policy_single_update(compose_config([]))
     assert not on_policy_single_update(compose_config(["trainer.ppo_epochs=2"]))
     batch = IterationBatch(step=algo_worker.step + 1)
-    node_rollout(algo_worker, batch, MetricBag())
+    node_rollout(algo_worker.parts, batch, MetricBag())
     t = batch.tensors
     separate = compute_logprobs(algo_worker.actor.module, t.input_ids, t.attention_mask, t.response_len, 64)
     logits = response_logits(algo_worker.actor.engine, t.input_ids, t.attention_mask, t.response_len)
@@ -223,7 +223,7 @@ def test_nan_advantages_skip_their_step_and_too_many_in_a_row_stop_the_run(algo_
     path = tmp_path / "nodes.py"
     path.write_text("import math\nfrom siirl_core.batch import declared\n\n"
                     "@declared(reads=('advantages',), writes=('advantages',))\n"
-                    "def nan_advantages(worker, batch, bag):\n"
+                    "def nan_advantages(parts, batch, bag):\n"
                     f"    if batch.step in {sorted(nan_steps)}:\n"
                     "        batch.advantages = batch.advantages * math.nan\n")
     cfg = algo_worker.cfg

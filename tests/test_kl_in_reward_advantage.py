@@ -24,12 +24,12 @@ GROUPS = [0, 0, 1, 1]
 def _advantages(estimator: str, kl_in_reward: bool) -> torch.Tensor:
     cfg = compose_config([f"algorithm.adv_estimator={estimator}", f"algorithm.kl_in_reward={kl_in_reward}",
                           "algorithm.kl_estimator=k1", "algorithm.kl_reward_coef=0.1"])
-    w = SimpleNamespace(cfg=cfg, kl_ctrl=build_kl_controller(cfg.algorithm), world_size=1)
+    parts = SimpleNamespace(cfg=cfg, kl_ctrl=build_kl_controller(cfg.algorithm), world_size=1)  # what the node reads
     ref = torch.full_like(KL, -1.0)
     tensors = SimpleNamespace(response_mask=MASK, group_index=torch.tensor(GROUPS))
     batch = IterationBatch(step=1, scores=torch.tensor(SCORES), old_log_probs=ref + KL, ref_log_probs=ref,
                            tensors=tensors)
-    node_advantage(w, batch, MetricBag())
+    node_advantage(parts, batch, MetricBag())
     return batch.advantages
 
 

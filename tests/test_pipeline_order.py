@@ -60,11 +60,11 @@ def test_user_nodes_declare_what_they_read_and_write(tmp_path):
         from siirl_core.batch import declared
 
         @declared(reads=("rollout",), writes=("scores",))
-        def length_reward(worker, batch, bag):
+        def length_reward(parts, batch, bag):
             batch.scores = torch.tensor([float(len(r)) for r in batch.rollout.response_ids])
 
         @declared(reads=("score",))
-        def typo(worker, batch, bag):
+        def typo(parts, batch, bag):
             pass
     """))
     # A user node that writes the scores replaces the reward node.

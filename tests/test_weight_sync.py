@@ -41,11 +41,11 @@ def test_rollout_logprobs_match_trainer(rank_worker):
 
     bag = MetricBag()
     batch = IterationBatch(step=rank_worker.step + 1)
-    node_rollout(rank_worker, batch, bag)
+    node_rollout(rank_worker.parts, batch, bag)
     t = batch.tensors
     trainer_lp = compute_logprobs(rank_worker.actor.module, t.input_ids, t.attention_mask, t.response_len,
                                   64)
-    weights = _record_mismatch(rank_worker, trainer_lp, t.rollout_log_probs, t.response_mask, bag)
+    weights = _record_mismatch(rank_worker.parts, trainer_lp, t.rollout_log_probs, t.response_mask, bag)
     assert bag.local()["rollout/logprob_abs_diff"] < 1e-3
     # Truncated IS weights (on by default for vLLM) are ~1 where the two agree.
     assert abs(bag.local()["rollout/is_weight_mean"] - 1) < 1e-3 and weights.shape == trainer_lp.shape
@@ -53,3 +53,19 @@ def test_rollout_logprobs_match_trainer(rank_worker):
     rollout_lp = batch.tensors.rollout_log_probs
     assert rollout_lp.min() < -0.01
     assert batch.tensors.response_mask.sum() > 0
+
+
+def test_vllm_and_transformers_restrict_sampling_alike(rank_worker):
+    """rollout.SamplingConfig.allowed_token_ids (an agent's action vocabulary) in both
+    backends: vLLM samples only those tokens, and its greedy choice among them is the
+    transformers engine's."""
+    w = rank_worker
+    tok = w.tokenizer
+    allowed = tuple(tok.convert_tokens_to_ids(c) for c in "13579")
+    prompts = [tok(p.prompt)["input_ids"] for p in ArithmeticTask().eval_set()[:32]]
+    sampled = w.rollout.generate(prompts, SamplingConfig(n=4, max_new_tokens=4, allowed_token_ids=allowed), seed=1)
+    tokens = {t for r in sampled.response_ids for t in r}
+    assert tokens <= set(allowed) and len(tokens) > 1
+    greedy = SamplingConfig(n=1, greedy=True, max_new_tokens=4, allowed_token_ids=allowed)
+    hf = HFRollout(copy.deepcopy(w.actor.module).eval(), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    assert w.rollout.generate(prompts, greedy, seed=0).response_ids == hf.generate(prompts, greedy, seed=0).response_ids

@@ -1,5 +1,6 @@
 """Running episodes: the interaction graph decides who speaks when and what each agent
-sees; each agent's turn is sampled from its policy, batched over the episodes.
+sees; each agent's turn is sampled by its policy's rollout engine (the same sampling
+loop as single-agent runs), batched over the episodes.
 
 Agents with an action vocabulary (`allowed`) sample only those characters; the same
 mask is applied when the trainer recomputes log-probs, so both see one policy.
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from siirl_core.training.logprobs import module_device, position_ids_from_mask
+from siirl_core.rollout.base import RolloutEngine, SamplingConfig
 
 MASKED = -1e4  # finite: exp() underflows to 0 and 0 * logit stays 0 in the entropy
 
@@ -50,16 +51,27 @@ def render(template: str, observation: str, visible: list[tuple[str, str]]) -> s
     return template.format_map(fields)
 
 
-def allowed_mask(tokenizer, allowed: str, vocab_size: int) -> torch.Tensor | None:
-    """[V] bool of the tokens an agent may emit, or None for no restriction."""
+def allowed_ids(tokenizer, allowed: str) -> tuple[int, ...] | None:
+    """The token ids of an agent's action vocabulary (one per character), or None for no
+    restriction."""
     if not allowed:
         return None
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    ids = []
     for ch in allowed:
-        ids = tokenizer.convert_tokens_to_ids(ch)
-        if ids is None or ids == tokenizer.unk_token_id:
+        i = tokenizer.convert_tokens_to_ids(ch)
+        if i is None or i == tokenizer.unk_token_id:
             raise ValueError(f"allowed character {ch!r} is not in the policy's vocabulary")
-        mask[ids] = True
+        ids.append(i)
+    return tuple(ids)
+
+
+def allowed_mask(tokenizer, allowed: str, vocab_size: int) -> torch.Tensor | None:
+    """[V] bool of the tokens an agent may emit, or None for no restriction."""
+    ids = allowed_ids(tokenizer, allowed)
+    if ids is None:
+        return None
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[list(ids)] = True
     return mask
 
 
@@ -72,46 +84,12 @@ def restrict(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return logits.masked_fill(~mask, MASKED)
 
 
-@torch.no_grad()
-def sample(module, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, greedy: bool,
-           mask: torch.Tensor | None, eos_id: int, pad_id: int, generator: torch.Generator):
-    """Responses (token ids, up to and including EOS) and their log-probs under the
-    masked, tempered policy. Messages are a few tokens, so no KV cache. The forward
-    passes run on the module's device; sampling runs on the CPU, with `generator`."""
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])  # [B, P]
-    attn = (ids != pad_id).long()
-    out = [[] for _ in prompts]
-    lps = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool)
-    was_training = module.training
-    module.eval()
-    device = module_device(module)
-    for _ in range(max_new_tokens):
-        logits = module(input_ids=ids.to(device), attention_mask=attn.to(device),
-                        position_ids=position_ids_from_mask(attn).to(device),
-                        use_cache=False).logits[:, -1].float().cpu() / temperature  # [B, V]
-        logp = torch.log_softmax(restrict(logits, mask), -1)
-        tok = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
-        for i in range(len(prompts)):
-            if not done[i]:
-                out[i].append(int(tok[i]))
-                lps[i].append(float(logp[i, tok[i]]))
-        done |= tok == eos_id
-        live = (~done).long()
-        ids = torch.cat([ids, torch.where(done, torch.full_like(tok, pad_id), tok)[:, None]], 1)
-        attn = torch.cat([attn, live[:, None]], 1)
-        if bool(done.all()):
-            break
-    module.train(was_training)
-    return out, lps
-
-
 @dataclass
 class Policy:
-    """What an episode needs of a policy: its module and tokenizer."""
+    """What an episode needs of a policy: the rollout engine that samples from it and its
+    tokenizer."""
 
-    module: object
+    engine: RolloutEngine
     tokenizer: object
 
 
@@ -122,9 +100,8 @@ def run_episodes(env, starts: list, n: int, agents: list, graph: str, rounds: in
     episodes = [starts[e // n] for e in range(len(starts) * n)]
     transcripts: list[list[tuple[str, str]]] = [[] for _ in episodes]
     turns: list[Turn] = []
-    gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    for spec, sees_others in schedule(agents, graph, rounds):
+    for k, (spec, sees_others) in enumerate(schedule(agents, graph, rounds)):
         visible = [t if sees_others else [] for t in transcripts]
         if spec.policy == "scripted":
             for e, start in enumerate(episodes):
@@ -134,12 +111,10 @@ def run_episodes(env, starts: list, n: int, agents: list, graph: str, rounds: in
         tok = pol.tokenizer
         prompts = [tok(render(spec.template, start.observation(spec.name), visible[e]))["input_ids"]
                    for e, start in enumerate(episodes)]
-        mask = allowed_mask(tok, spec.allowed, len(tok))
-        responses, logprobs = sample(pol.module, prompts, max_new_tokens=spec.max_new_tokens,
-                                     temperature=spec.temperature, greedy=greedy, mask=mask,
-                                     eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=gen)
-        for e, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
-            finished = bool(r) and r[-1] == tok.eos_token_id
+        sampling = SamplingConfig(n=1, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens,
+                                  greedy=greedy, allowed_token_ids=allowed_ids(tok, spec.allowed))
+        rb = pol.engine.generate(prompts, sampling, seed * 1_009 + k)  # one draw stream per turn of the schedule
+        for e, (p, r, lp, finished) in enumerate(zip(prompts, rb.response_ids, rb.response_logprobs, rb.finished)):
             turns.append(Turn(e, spec.name, spec.policy, p, r, lp, finished))
             transcripts[e].append((spec.name, tok.decode(r, skip_special_tokens=True)))
     return turns, transcripts

@@ -17,6 +17,7 @@ from siirl_core.metrics import MetricBag
 from siirl_core.rollout.base import RolloutBatch
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.logprobs import response_logits
+from siirl_core.training.policy_update import run_policy_update
 
 
 @dataclass
@@ -30,8 +31,8 @@ class EpisodeBatch:
     advantages: torch.Tensor | None = None  # [E, A] per episode and agent (agents in config order)
 
 
-def episode_seed(w, step: int) -> int:
-    return (w.cfg.trainer.seed * 100_003 + step) * 1_009 + w.rank
+def episode_seed(parts, step: int) -> int:
+    return (parts.cfg.trainer.seed * 100_003 + step) * 1_009 + parts.rank
 
 
 def record_outcomes(bag: MetricBag, prefix: str, agent_names: list[str], outcomes: list) -> None:
@@ -45,71 +46,70 @@ def record_outcomes(bag: MetricBag, prefix: str, agent_names: list[str], outcome
         bag.add(f"{prefix}{key}", sum(o.stats.get(key, 0.0) for o in outcomes) / max(n, 1), weight=n)
 
 
-def node_episodes(w, b: EpisodeBatch, bag):
-    cfg, a = w.cfg, w.cfg.agents
-    starts = shard(w.env.starts(cfg.trainer.seed, b.step, cfg.trainer.prompts_per_step), w.rank, w.world_size)
-    turns, transcripts = run_episodes(w.env, starts, cfg.rollout.n, a.agents, a.graph, a.rounds, w.policies,
-                                      episode_seed(w, b.step))
+def node_episodes(parts, b: EpisodeBatch, bag):
+    cfg, a = parts.cfg, parts.cfg.agents
+    tr = cfg.trainer
+    starts = shard(parts.env.starts(tr.seed, b.step, tr.prompts_per_step), parts.rank, parts.world_size)
+    turns, transcripts = run_episodes(parts.env, starts, cfg.rollout.n, a.agents, a.graph, a.rounds, parts.policies,
+                                      episode_seed(parts, b.step))
     episodes = [starts[e // cfg.rollout.n] for e in range(len(transcripts))]
-    b.turns, b.outcomes = turns, [w.env.outcome(s, t) for s, t in zip(episodes, transcripts)]
+    b.turns, b.outcomes = turns, [parts.env.outcome(s, t) for s, t in zip(episodes, transcripts)]
     b.group_index = torch.tensor([e // cfg.rollout.n for e in range(len(episodes))])
-    record_outcomes(bag, "", w.agent_names, b.outcomes)
+    record_outcomes(bag, "", parts.agent_names, b.outcomes)
     bag.add("reward/accuracy", sum(o.success for o in b.outcomes) / len(episodes), weight=len(episodes))
-    for name in w.agent_names:
+    for name in parts.agent_names:
         lengths = [len(t.response_ids) for t in turns if t.agent == name]
         if lengths:
             bag.add(f"agent/{name}/response/length_mean", sum(lengths) / len(lengths), weight=len(lengths))
     bag.add("perf/rollout_tokens", sum(len(t.response_ids) for t in turns), reduce="sum")
 
 
-def node_credit(w, b: EpisodeBatch, bag):
+def node_credit(parts, b: EpisodeBatch, bag):
     """Advantages [episodes, agents] by the configured credit assignment."""
-    names = w.agent_names
+    names = parts.agent_names
     rewards = torch.tensor([[o.rewards[n] for n in names] for o in b.outcomes], dtype=torch.float32)
     team = torch.tensor([o.team for o in b.outcomes], dtype=torch.float32)
-    assign = CREDIT_ASSIGNMENTS.get(w.cfg.agents.credit)
-    b.advantages = assign(rewards, team, b.group_index, ADVANTAGE_ESTIMATORS.get(w.cfg.algorithm.adv_estimator))
+    assign = CREDIT_ASSIGNMENTS.get(parts.cfg.agents.credit)
+    b.advantages = assign(rewards, team, b.group_index, ADVANTAGE_ESTIMATORS.get(parts.cfg.algorithm.adv_estimator))
 
 
-def policies_to_update(w, step: int) -> list[str]:
-    trainable = list(w.actors)
-    if w.cfg.agents.schedule == "alternating":
+def policies_to_update(parts, step: int) -> list[str]:
+    trainable = list(parts.actors)
+    if parts.cfg.agents.schedule == "alternating":
         return [trainable[(step - 1) % len(trainable)]]
     return trainable
 
 
-def node_update(w, b: EpisodeBatch, bag):
-    column = {n: i for i, n in enumerate(w.agent_names)}
+def node_update(parts, b: EpisodeBatch, bag):
+    column = {n: i for i, n in enumerate(parts.agent_names)}
     tokens = 0
-    for pid in policies_to_update(w, b.step):
+    for pid in policies_to_update(parts, b.step):
         turns = [t for t in b.turns if t.policy == pid]
         adv = torch.tensor([float(b.advantages[t.episode, column[t.agent]]) for t in turns])
-        tokens += update_policy(w, pid, turns, adv, bag)
+        tokens += update_policy(parts, pid, turns, adv, bag)
         bag.add(f"policy/{pid}/updated", 1.0)
     bag.add("perf/train_tokens", tokens, reduce="sum")
 
 
-def _row_masks(w, pid: str, turns: list) -> torch.Tensor:
+def _row_masks(parts, pid: str, turns: list) -> torch.Tensor:
     """Each turn's action mask [B, V] (all True for agents without one)."""
-    tok = w.policies[pid].tokenizer
-    vocab = w.actors[pid].module.config.vocab_size
-    by_agent = {a.name: allowed_mask(tok, a.allowed, vocab) for a in w.cfg.agents.agents if a.policy == pid}
+    tok = parts.policies[pid].tokenizer
+    vocab = parts.actors[pid].module.config.vocab_size
+    by_agent = {a.name: allowed_mask(tok, a.allowed, vocab) for a in parts.cfg.agents.agents if a.policy == pid}
     full = torch.ones(vocab, dtype=torch.bool)
     return torch.stack([by_agent[t.agent] if by_agent[t.agent] is not None else full for t in turns])
 
 
-def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: MetricBag) -> int:
+def update_policy(parts, pid: str, turns: list, advantages: torch.Tensor, bag: MetricBag) -> int:
     """One on-policy step of policy `pid` on its agents' turns (advantage per turn)."""
-    actor, tok = w.actors[pid], w.policies[pid].tokenizer
+    actor, tok = parts.actors[pid], parts.policies[pid].tokenizer
     rb = RolloutBatch([t.prompt_ids for t in turns], [t.response_ids for t in turns], [t.logprobs for t in turns],
                       [t.finished for t in turns], [t.episode for t in turns])
     t = pad_rollout(rb, tok.pad_token_id)
-    masks = _row_masks(w, pid, turns)  # [B, V]
-    temperature = {a.name: a.temperature for a in w.cfg.agents.agents}
+    masks = _row_masks(parts, pid, turns)  # [B, V]
+    temperature = {a.name: a.temperature for a in parts.cfg.agents.agents}
     temps = torch.tensor([temperature[x.agent] for x in turns])  # [B]
     adv = advantages[:, None] * t.response_mask  # [B, R]
-    n, micro_size, tokens = len(turns), w.cfg.trainer.micro_batch_size, 0
-    skipped_before = actor.skipped_steps
 
     def policy_logits(micro: torch.Tensor) -> torch.Tensor:
         """The masked, tempered logits [b, R, V] the turns were sampled from."""
@@ -117,38 +117,32 @@ def update_policy(w, pid: str, turns: list, advantages: torch.Tensor, bag: Metri
         dev = logits.device  # the actor's; the batch is built on the CPU
         return restrict(logits / temps[micro, None, None].to(dev), masks[micro].to(dev))
 
-    bonus = _signalling_terms(w, turns, policy_logits, bag)
-    for micro in torch.arange(n).split(micro_size):
+    bonus = _signalling_terms(parts, turns, policy_logits, bag)
+
+    def micro_loss(micro: torch.Tensor):
         logits = policy_logits(micro)
         dev = logits.device
         lp = logprobs_from_logits(logits, t.input_ids[micro][:, -t.response_len:].to(dev))
         loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro].to(dev),
-                                    t.response_mask[micro].to(dev), w.cfg.algorithm)
-        if bonus is not None:
-            loss = loss - bonus(micro, logits)
-        actor.accumulate(loss, len(micro) / n)
-        weight = float(t.response_mask[micro].sum())
-        tokens += int(t.attention_mask[micro].sum())
-        for k, v in m.items():
-            bag.add(f"policy/{pid}/{k}", v, weight=weight)
-    bag.add(f"policy/{pid}/actor/grad_norm", actor.grad_norm())
-    bag.add(f"policy/{pid}/actor/skipped_steps", actor.skipped_steps - skipped_before, reduce="max")
-    bag.add(f"policy/{pid}/actor/lr", actor.current_lr())
-    return tokens
+                                    t.response_mask[micro].to(dev), parts.cfg.algorithm)
+        return (loss if bonus is None else loss - bonus(micro, logits)), m, None
+
+    return run_policy_update(actor, [torch.arange(len(turns))], parts.cfg.trainer.micro_batch_size, micro_loss,
+                             t.response_mask, t.attention_mask, bag, prefix=f"policy/{pid}/")
 
 
-def _signalling_terms(w, turns: list, policy_logits, bag: MetricBag):
+def _signalling_terms(parts, turns: list, policy_logits, bag: MetricBag):
     """For agents with a signalling bonus: log each one's I(prompt; first token) over the
     step's turns (all ranks) and return bonus(micro, logits) -> the micro-batch's share
     of the weighted bonus (to subtract from its mean loss); None when no agent has one."""
-    weights = {a.name: a.signalling_bonus for a in w.cfg.agents.agents}
+    weights = {a.name: a.signalling_bonus for a in parts.cfg.agents.agents}
     agents = sorted({x.agent for x in turns if weights[x.agent] > 0})
     if not agents:
         return None
     row_agent = [x.agent for x in turns]
     with torch.no_grad():
         first = torch.cat([torch.log_softmax(policy_logits(micro)[:, 0].float(), -1).cpu()
-                           for micro in torch.arange(len(turns)).split(w.cfg.trainer.micro_batch_size)])
+                           for micro in torch.arange(len(turns)).split(parts.cfg.trainer.micro_batch_size)])
     marginal, count = {}, {}
     for name in agents:
         rows = first[[i for i, a in enumerate(row_agent) if a == name]]  # [N_a, V] log-probs
@@ -158,7 +152,7 @@ def _signalling_terms(w, turns: list, policy_logits, bag: MetricBag):
     # The engine averages gradients over ranks and each rank's loss is a mean over its
     # len(turns) rows: this scale makes the bonus weight x the mean over the agent's turns
     # on every rank.
-    scale = {name: weights[name] * w.world_size * len(turns) / count[name] for name in agents}
+    scale = {name: weights[name] * parts.world_size * len(turns) / count[name] for name in agents}
 
     def bonus(micro: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(logits[:, 0].float(), -1)  # [b, V]

@@ -16,6 +16,8 @@ from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
 from siirl_core.pipeline import timed
 from siirl_core.policy import TrainedPolicy
+from siirl_core.rank_parts import EpisodeParts
+from siirl_core.rollout.hf_engine import HFRollout
 from siirl_core.worker import RankWorker
 
 
@@ -33,7 +35,9 @@ class MultiAgentWorker(RankWorker):
         for pid in cfg.agents.trained_policies():
             tokenizer = load_tokenizer(self.model_path[pid])
             self.actors[pid] = self._build_policy_actor(pid, load_causal_lm(self.model_path[pid]))
-            self.policies[pid] = Policy(self.actors[pid].module, tokenizer)
+            engine = HFRollout(self.actors[pid].module, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                               grouped=cfg.rollout.grouped_decode)
+            self.policies[pid] = Policy(engine, tokenizer)
             self.trained.append(TrainedPolicy(actor=self.actors[pid], lr=cfg.policy_lr(pid),
                                               engine_dir=f"policies/{pid}/engine", name=pid, tokenizer=tokenizer,
                                               hf_dir=f"policies/{pid}/hf"))
@@ -42,6 +46,11 @@ class MultiAgentWorker(RankWorker):
                 "parameters": sum(a.total_parameters() for a in self.actors.values()),
                 "local_parameters": sum(a.local_parameters() for a in self.actors.values()),
                 "policies": list(self.actors)}
+
+    @property
+    def parts(self) -> EpisodeParts:
+        return EpisodeParts(cfg=self.cfg, rank=self.rank, world_size=self.world_size, env=self.env,
+                            agent_names=self.agent_names, actors=self.actors, policies=self.policies)
 
     def _build_policy_actor(self, pid: str, module):
         from siirl_core.training.actor import DeepSpeedActor
@@ -84,7 +93,7 @@ class MultiAgentWorker(RankWorker):
         return None
 
     def _after_restore(self) -> None:
-        return None  # episodes sample from the trained modules themselves
+        return None  # the hf engines sample from the trained modules themselves
 
     def export(self, out_dir: str) -> str:
         """Each policy as an HF directory, out_dir/<policy id>. Every rank calls it (ZeRO-3

@@ -16,6 +16,9 @@ class SamplingConfig:
     greedy: bool = False
     # EOS is suppressed before this many tokens (fixed-length generation for timing).
     min_new_tokens: int = 0
+    # Only these tokens may be sampled (an agent's action vocabulary); None: any. Log-probs
+    # stay those of the unrestricted logits, as for temperature.
+    allowed_token_ids: Optional[tuple[int, ...]] = None
 
 
 @dataclass

@@ -49,10 +49,22 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def allowed_tokens(sampling: SamplingConfig, vocab_size: int, device) -> Optional[torch.Tensor]:
+    """[V] bool of sampling.allowed_token_ids, or None when every token is allowed."""
+    if not sampling.allowed_token_ids:
+        return None
+    allowed = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    allowed[list(sampling.allowed_token_ids)] = True
+    return allowed
+
+
 def choose_tokens(raw: torch.Tensor, sampling: SamplingConfig, step: int, eos_id: int,
-                  gen: torch.Generator) -> torch.Tensor:
-    """Next tokens [B] from the raw next-token logits [B, V] (no autograd)."""
+                  gen: torch.Generator, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Next tokens [B] from the raw next-token logits [B, V] (no autograd); `allowed`
+    ([V] bool) restricts the choice."""
     logits = raw.detach().float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if step < sampling.min_new_tokens:
         logits = logits.clone()
         logits[:, eos_id] = float("-inf")
@@ -105,11 +117,12 @@ def decode(module, prompts: list[list[int]], sampling: SamplingConfig, *, pad_id
     with nullcontext() if keep_graph else torch.no_grad():
         decoder = decoder_for(module, n, grouped)
         raw = decoder.prefill(ids, mask, positions)  # [B, V]
+        allowed = allowed_tokens(sampling, raw.shape[-1], device)
         last_pos = positions[:, -1].repeat_interleave(n, 0)
         finished = torch.zeros(raw.shape[0], dtype=torch.bool, device=device)
         tokens, logprobs, kept = [], [], []
         for step in range(sampling.max_new_tokens):
-            nxt = choose_tokens(raw, sampling, step, eos_id, gen).masked_fill(finished, pad_id)
+            nxt = choose_tokens(raw, sampling, step, eos_id, gen, allowed).masked_fill(finished, pad_id)
             tokens.append(nxt)
             logprobs.append(torch.log_softmax(raw.detach(), -1).gather(-1, nxt[:, None]).squeeze(-1))
             if keep_graph:

@@ -54,6 +54,7 @@ class VLLMRollout:
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=1.0 if sampling.greedy else sampling.top_p,
                 seed=None if sampling.greedy else seed * 1_000_003 + i,
+                allowed_token_ids=list(sampling.allowed_token_ids) if sampling.allowed_token_ids else None,
             )
             for i in range(len(prompt_ids))
         ]
