@@ -156,6 +156,17 @@ class TrainerConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_size: int = 64
+    # Token budget per micro-batch (0: micro_batch_size rows each): rows are grouped by
+    # length, longest first, and each micro-batch holds as many as fit rows x its longest
+    # row's tokens; a row longer than the budget runs alone. Every pass trims the
+    # micro-batch's all-padding columns. The loss and gradient do not depend on the split.
+    max_tokens_per_micro_batch: int = 0
+    # Run each micro-batch of the training and log-prob passes as one packed sequence of
+    # its rows' real tokens (positions restart per row; transformers masks across rows,
+    # FlashAttention-2 runs them as variable-length sequences): no compute on padding. On
+    # the CPU attention over the packed sequence grows with its square: keep micro-batches
+    # small (docs/benchmarks/padding.md).
+    padding_free: bool = False
     # Back-propagate through the hf rollout's own forward passes instead of a second
     # forward pass (siirl_core/training/fused.py): auto = whenever allowed, on = an
     # error when not allowed, off = never.

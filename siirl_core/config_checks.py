@@ -59,7 +59,8 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
         _positive(key, getattr(getattr(cfg, section), name))
     for key in ("algorithm.kl_coef", "algorithm.clip_ratio_low", "algorithm.clip_ratio_high",
                 "trainer.save_every", "trainer.eval_every", "trainer.warmup_steps", "sft.steps", "trainer.grad_clip",
-                "trainer.retries", "trainer.retry_delay_s", "storage.retry_backoff_s", "trainer.max_skipped_steps"):
+                "trainer.retries", "trainer.retry_delay_s", "storage.retry_backoff_s", "trainer.max_skipped_steps",
+                "trainer.max_tokens_per_micro_batch"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), zero_ok=True)
     if not 0 <= cfg.sft.target_accuracy <= 1:

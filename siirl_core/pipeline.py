@@ -32,6 +32,7 @@ from siirl_core.rewards import Scored, add_format_bonus
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig
 from siirl_core.training.fused import fused_update_active
 from siirl_core.training.logprobs import compute_full_logprobs, compute_logprobs
+from siirl_core.training.micro_batches import micro_batching
 from siirl_core.update_nodes import node_critic_update, node_old_logprobs, node_sync, node_update, node_values
 
 log = logging.getLogger("siirl.pipeline")
@@ -187,7 +188,7 @@ def node_ref_logprobs(parts, b: IterationBatch, bag):
         return
     t = b.tensors
     cfg = parts.cfg
-    args = (t.input_ids, t.attention_mask, t.response_len, cfg.trainer.micro_batch_size, cfg.rollout.temperature)
+    args = (t.input_ids, t.attention_mask, t.response_len, micro_batching(cfg), cfg.rollout.temperature)
     if cfg.algorithm.kl_estimator == "full":  # the exact KL compares whole distributions
         b.ref_log_probs = compute_full_logprobs(parts.ref_module, *args)  # [B, R, V]
         if cfg.algorithm.kl_in_reward:

@@ -15,7 +15,8 @@ from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.critic import response_values
 from siirl_core.training.fused import fused_backward_cheaper, on_policy_single_update, skips_zero_advantage
 from siirl_core.training.logprobs import compute_logprobs, response_logits
-from siirl_core.training.policy_update import run_policy_update
+from siirl_core.training.micro_batches import micro_batching
+from siirl_core.training.update_loop import run_update, share_mode
 
 
 def _record_mismatch(parts, old, rollout_lp, mask, bag):
@@ -36,7 +37,7 @@ def node_old_logprobs(parts, b: IterationBatch, bag):
         b.old_log_probs = b.is_weights = None  # taken from the update's forward pass
         return
     b.old_log_probs = compute_logprobs(parts.actor.module, t.input_ids, t.attention_mask, t.response_len,
-                                       parts.cfg.trainer.micro_batch_size, parts.cfg.rollout.temperature)
+                                       micro_batching(parts.cfg), parts.cfg.rollout.temperature)
     b.is_weights = _record_mismatch(parts, b.old_log_probs, t.rollout_log_probs, t.response_mask, bag)
 
 
@@ -50,8 +51,7 @@ def rollout_correction_on(cfg) -> bool:
 def node_values(parts, b: IterationBatch, bag):
     """The critic's V(s_t) for every response token, before any update this step."""
     t = b.tensors
-    b.values = parts.critic.values(t.input_ids, t.attention_mask, t.response_len,
-                                   parts.cfg.trainer.micro_batch_size)  # [B, R]
+    b.values = parts.critic.values(t.input_ids, t.attention_mask, t.response_len, micro_batching(parts.cfg))  # [B, R]
     bag.add("critic/values_mean", masked_mean(b.values, t.response_mask), weight=float(t.response_mask.sum()))
 
 
@@ -60,20 +60,19 @@ def node_critic_update(parts, b: IterationBatch, bag):
     mini-batches as the policy."""
     cfg, t = parts.cfg, b.tensors
     gen = torch.Generator().manual_seed(cfg.trainer.seed * 7927 + b.step)
-    for _ in range(cfg.trainer.ppo_epochs):
-        for mb in _minibatches(t.input_ids.shape[0], cfg.trainer.mini_batches, gen):
-            for micro in mb.split(cfg.trainer.micro_batch_size):
-                v = response_values(parts.critic.engine, t.input_ids[micro], t.attention_mask[micro],
-                                    t.response_len)  # on the critic's device
-                old_v, returns, mask = (x[micro].to(v.device) for x in (b.values, b.returns, t.response_mask))
-                loss, m = clipped_value_loss(v, old_v, returns, mask, clip_range=cfg.critic.value_clip,
-                                             loss_agg_mode=cfg.algorithm.loss_agg_mode)
-                parts.critic.actor.accumulate(loss, len(micro) / len(mb))
-                weight = float(t.response_mask[micro].sum())
-                bag.add("critic/vf_loss", loss.detach(), weight=weight)
-                for k, val in m.items():
-                    bag.add(f"critic/{k}", val, weight=weight)
-            bag.add("critic/grad_norm", parts.critic.actor.grad_norm())
+
+    def micro_loss(micro, share):
+        v = response_values(parts.critic.engine, t.input_ids[micro], t.attention_mask[micro], t.response_len,
+                            cfg.trainer.padding_free)  # on the critic's device
+        old_v, returns, mask = (x[micro].to(v.device) for x in (b.values, b.returns, t.response_mask))
+        loss, m = clipped_value_loss(v, old_v, returns, mask, clip_range=cfg.critic.value_clip,
+                                     loss_agg_mode=cfg.algorithm.loss_agg_mode)
+        return loss * share, {"vf_loss": loss.detach(), **m}, None
+
+    minibatches = [mb for _ in range(cfg.trainer.ppo_epochs)
+                   for mb in _minibatches(t.input_ids.shape[0], cfg.trainer.mini_batches, gen)]
+    run_update(parts.critic.actor, minibatches, micro_batching(cfg), micro_loss, t.response_mask, t.attention_mask,
+               cfg.algorithm.loss_agg_mode, bag, prefix="critic/", step_prefix="critic/")
 
 
 def _minibatches(n: int, mini_batches: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -102,7 +101,8 @@ def _micro_loss(parts, b: IterationBatch, micro, inside, bag):
         logits = kept[computed.to(kept.device)][:, :t.response_len]
     else:
         logits = response_logits(parts.actor.engine, t.input_ids[computed], t.attention_mask[computed],
-                                 t.response_len, cfg.rollout.temperature)  # [b, R, V], on the actor's device
+                                 t.response_len, cfg.rollout.temperature,
+                                 cfg.trainer.padding_free)  # [b, R, V], on the actor's device
 
     def rows(x, which=micro):  # rows of a batch tensor (kept on the CPU), where the logits are
         return None if x is None else x[which].to(logits.device)
@@ -156,13 +156,14 @@ def node_update(parts, b: IterationBatch, bag):
         raise RuntimeError(f"the rollout's graph covers {n} samples but trainer.micro_batch_size is "
                            f"{cfg.trainer.micro_batch_size}: set trainer.fused_update=off")
 
-    def micro_loss(micro):
+    def micro_loss(micro, share):
         inside = _computed_rows(b, micro)
-        return (*_micro_loss(parts, b, micro, inside, bag), inside)
+        loss, metrics = _micro_loss(parts, b, micro, inside, bag)
+        return loss * share, metrics, inside
 
     minibatches = [mb for _ in range(cfg.trainer.ppo_epochs) for mb in _minibatches(n, cfg.trainer.mini_batches, gen)]
-    tokens = run_policy_update(parts.actor, minibatches, cfg.trainer.micro_batch_size, micro_loss, t.response_mask,
-                               t.attention_mask, bag)
+    tokens = run_update(parts.actor, minibatches, micro_batching(cfg), micro_loss, t.response_mask, t.attention_mask,
+                        share_mode(cfg.algorithm), bag)
     b.rollout_logits = None  # its graph is spent
     bag.add("perf/train_tokens", tokens, reduce="sum")
 

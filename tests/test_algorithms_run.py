@@ -179,13 +179,15 @@ def test_on_policy_update_reuses_its_forward_as_the_old_logprobs(algo_worker):
     from siirl_core.pipeline import node_rollout
     from siirl_core.training.fused import on_policy_single_update
     from siirl_core.training.logprobs import compute_logprobs, response_logits
+    from siirl_core.training.micro_batches import MicroBatching
 
     assert on_policy_single_update(compose_config([]))
     assert not on_policy_single_update(compose_config(["trainer.ppo_epochs=2"]))
     batch = IterationBatch(step=algo_worker.step + 1)
     node_rollout(algo_worker.parts, batch, MetricBag())
     t = batch.tensors
-    separate = compute_logprobs(algo_worker.actor.module, t.input_ids, t.attention_mask, t.response_len, 64)
+    separate = compute_logprobs(algo_worker.actor.module, t.input_ids, t.attention_mask, t.response_len,
+                                MicroBatching(64))
     logits = response_logits(algo_worker.actor.engine, t.input_ids, t.attention_mask, t.response_len)
     in_update = logprobs_from_logits(logits, t.input_ids[:, -t.response_len:]).detach()
     mask = t.response_mask

@@ -85,5 +85,5 @@ def test_the_deepspeed_actor_checkpoints_when_configured(rank_worker, warm_model
     actor = DeepSpeedActor(module, lr=1e-3, weight_decay=0.0, warmup_steps=0, total_steps=1, schedule="constant",
                            zero_stage=2, micro_batch_size=8, grad_accum=1, world_size=1, grad_clip=1.0,
                            gradient_checkpointing=True)
-    actor.accumulate(_loss(actor.engine, *_batch(module.config.vocab_size)), 1.0)
+    actor.accumulate(_loss(actor.engine, *_batch(module.config.vocab_size)))
     assert runs == [2] * len(runs) and actor.grad_norm() > 0

@@ -39,7 +39,7 @@ def _rank(rank: int, port: int, stage: int, out):
                 loss = actor.engine(x[2 * micro:2 * micro + 2]).pow(2).mean()
                 if micro == 1 and bad_rank == rank:
                     loss = loss * math.nan
-                actor.accumulate(loss, 0.5)
+                actor.accumulate(loss * 0.5)
             seen[step] = weights()
     except NonFiniteUpdate as err:
         seen["error"] = str(err)

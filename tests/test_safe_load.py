@@ -70,7 +70,7 @@ def test_a_fresh_engine_restores_weights_optimizer_moments_and_schedule(rank_wor
     vocab = saver.module.config.vocab_size
     tokens = torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(0))
     for _ in range(2):  # two real steps: AdamW has moments and the schedule has moved
-        saver.accumulate(saver.engine(input_ids=tokens).logits.float().pow(2).mean(), 1.0)
+        saver.accumulate(saver.engine(input_ids=tokens).logits.float().pow(2).mean())
     saver.engine.save_checkpoint(str(tmp_path / "engine"), tag="state")
 
     fresh = build()

@@ -38,13 +38,14 @@ def test_rollout_logprobs_match_trainer(rank_worker):
     from siirl_core.pipeline import node_rollout
     from siirl_core.update_nodes import _record_mismatch
     from siirl_core.training.logprobs import compute_logprobs
+    from siirl_core.training.micro_batches import MicroBatching
 
     bag = MetricBag()
     batch = IterationBatch(step=rank_worker.step + 1)
     node_rollout(rank_worker.parts, batch, bag)
     t = batch.tensors
     trainer_lp = compute_logprobs(rank_worker.actor.module, t.input_ids, t.attention_mask, t.response_len,
-                                  64)
+                                  MicroBatching(64))
     weights = _record_mismatch(rank_worker.parts, trainer_lp, t.rollout_log_probs, t.response_mask, bag)
     assert bag.local()["rollout/logprob_abs_diff"] < 1e-3
     # Truncated IS weights (on by default for vLLM) are ~1 where the two agree.

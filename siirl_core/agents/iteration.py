@@ -17,7 +17,8 @@ from siirl_core.metrics import MetricBag
 from siirl_core.rollout.base import RolloutBatch
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.logprobs import response_logits
-from siirl_core.training.policy_update import run_policy_update
+from siirl_core.training.micro_batches import micro_batching
+from siirl_core.training.update_loop import run_update, share_mode
 
 
 @dataclass
@@ -113,22 +114,28 @@ def update_policy(parts, pid: str, turns: list, advantages: torch.Tensor, bag: M
 
     def policy_logits(micro: torch.Tensor) -> torch.Tensor:
         """The masked, tempered logits [b, R, V] the turns were sampled from."""
-        logits = response_logits(actor.engine, t.input_ids[micro], t.attention_mask[micro], t.response_len)
+        logits = response_logits(actor.engine, t.input_ids[micro], t.attention_mask[micro], t.response_len,
+                                 packed=parts.cfg.trainer.padding_free)
         dev = logits.device  # the actor's; the batch is built on the CPU
         return restrict(logits / temps[micro, None, None].to(dev), masks[micro].to(dev))
 
     bonus = _signalling_terms(parts, turns, policy_logits, bag)
 
-    def micro_loss(micro: torch.Tensor):
+    def micro_loss(micro: torch.Tensor, share: float):
         logits = policy_logits(micro)
         dev = logits.device
         lp = logprobs_from_logits(logits, t.input_ids[micro][:, -t.response_len:].to(dev))
         loss, m = policy_loss_terms(lp, entropy_from_logits(logits), lp.detach(), None, adv[micro].to(dev),
                                     t.response_mask[micro].to(dev), parts.cfg.algorithm)
-        return (loss if bonus is None else loss - bonus(micro, logits)), m, None
+        contribution = loss * share
+        if bonus is not None:  # a mean over the rank's turns, as the engine averages ranks
+            contribution = contribution - bonus(micro, logits) * len(micro) / len(turns)
+        return contribution, m, None
 
-    return run_policy_update(actor, [torch.arange(len(turns))], parts.cfg.trainer.micro_batch_size, micro_loss,
-                             t.response_mask, t.attention_mask, bag, prefix=f"policy/{pid}/")
+    algo = parts.cfg.algorithm
+    return run_update(actor, [torch.arange(len(turns))], micro_batching(parts.cfg), micro_loss, t.response_mask,
+                      t.attention_mask, share_mode(algo), bag, prefix=f"policy/{pid}/",
+                      step_prefix=f"policy/{pid}/actor/")
 
 
 def _signalling_terms(parts, turns: list, policy_logits, bag: MetricBag):

@@ -162,11 +162,16 @@ class DeepSpeedActor:
         """Parameter elements this rank holds: its shard under ZeRO-3, everything otherwise."""
         return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.module.parameters())
 
-    def accumulate(self, loss: torch.Tensor, share: float) -> None:
-        """Back-propagate a micro-batch's mean loss weighted by its `share` of the optimizer
-        step's rows. DeepSpeed divides every micro-batch's loss by its accumulation steps;
-        multiplying them back weights micro-batches of unequal size by their rows instead."""
-        self.micro_step(loss * share * self.grad_accum)
+    def accumulate(self, contribution: torch.Tensor, boundary: bool | None = None) -> None:
+        """Back-propagate a micro-batch's `contribution` to the optimizer step's loss (its
+        mean loss times its share, training/micro_batches.loss_shares). DeepSpeed divides
+        every micro-batch's loss by its configured accumulation steps: multiplied back, the
+        gradients add up to the step's loss. `boundary` (True on the step's last
+        micro-batch, False before) when the number of micro-batches varies; None: DeepSpeed
+        counts to trainer's grad_accum."""
+        if boundary is not None:
+            self.engine.set_gradient_accumulation_boundary(boundary)
+        self.micro_step(contribution * self.grad_accum)
 
     def micro_step(self, loss: torch.Tensor) -> None:
         """Back-propagate one micro-batch; at the accumulation boundary, step the optimizer

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from siirl_core.training.actor import DeepSpeedActor
-from siirl_core.training.logprobs import module_device, position_ids_from_mask
+from siirl_core.training.logprobs import in_micro_batches, response_outputs
+from siirl_core.training.micro_batches import MicroBatching
 
 
 def build_value_model(model_path: str, init_from_policy: bool) -> torch.nn.Module:
@@ -19,14 +20,11 @@ def build_value_model(model_path: str, init_from_policy: bool) -> torch.nn.Modul
     return AutoModelForTokenClassification.from_config(config, torch_dtype=torch.float32)
 
 
-def response_values(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
+def response_values(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+                    packed: bool = False) -> torch.Tensor:
     """V(s_t) for each response token t: the value at the position before it. [B, P+R] -> [B, R],
     on the module's device."""
-    device = module_device(module)
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    out = module(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=position_ids_from_mask(attention_mask))
-    return out.logits[:, -response_len - 1:-1, 0].float()
+    return response_outputs(module, input_ids, attention_mask, response_len, packed)[..., 0].float()
 
 
 class Critic:
@@ -45,7 +43,8 @@ class Critic:
         return self.actor.engine
 
     @torch.no_grad()
-    def values(self, input_ids, attention_mask, response_len: int, micro_batch_size: int) -> torch.Tensor:
-        parts = [response_values(self.engine, input_ids[s:s + micro_batch_size], attention_mask[s:s + micro_batch_size],
-                                 response_len) for s in range(0, input_ids.shape[0], micro_batch_size)]
-        return torch.cat(parts, dim=0).cpu()  # [B, R]
+    def values(self, input_ids, attention_mask, response_len: int, batching: MicroBatching) -> torch.Tensor:
+        """V(s_t) of every response token, [B, R] on the CPU."""
+        return in_micro_batches(
+            lambda ids, mask: response_values(self.engine, ids, mask, response_len, batching.packed),
+            input_ids, attention_mask, batching)

@@ -37,6 +37,8 @@ def fused_update_blockers(cfg) -> list[str]:
         (cfg.trainer.gradient_checkpointing, "trainer.gradient_checkpointing recomputes the activations that "
          "the fused update keeps from sampling"),
         (cfg.model.lora.rank > 0, "model.lora samples through the adapters' own forward (not the grouped decoder)"),
+        (cfg.trainer.max_tokens_per_micro_batch > 0,
+         "trainer.max_tokens_per_micro_batch splits the update into micro-batches (the rollout's graph is one)"),
         (bool(cfg.agents.env), "multi-agent runs sample with their own loop"),
     ]
     return [why for blocked, why in checks if blocked]
