@@ -94,6 +94,10 @@ class RolloutConfig:
     # (prompt keys kept once per GRPO group, one weight gradient per weight for the fused
     # update; rollout/grouped_decode.py). false: through transformers' forward and KV cache.
     grouped_decode: bool = True
+    # GPUs, vLLM: put the engine to sleep while the trainer runs (weights to CPU memory, KV
+    # cache released; vLLM's sleep mode) and wake it to receive the new weights, so that
+    # rollout and training share one device as colocated trainers do.
+    sleep_during_update: bool = False
 
 
 @dataclass
@@ -181,6 +185,10 @@ class TrainerConfig:
     # of all, for about one more forward pass of compute (the same gradients).
     gradient_checkpointing: bool = False
     zero_stage: int = 2
+    # GPUs: keep ZeRO's optimizer state (optimizer, stages 1-3) or also the parameters
+    # (all, stage 3) in CPU memory, stepped there (DeepSpeed's offload_optimizer /
+    # offload_param); none keeps everything on the GPU.
+    offload: str = "none"
     seed: int = 0
     # Extra seed of the RL prompt stream (0: prompts depend on trainer.seed and the step
     # only). Retraining sets it from the date, so each night sees new prompts.

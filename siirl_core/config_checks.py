@@ -16,6 +16,22 @@ from siirl_core.config_rules import positive as _positive
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
+def _validate_offload(cfg) -> None:
+    """trainer.offload and rollout.sleep_during_update (GPU memory features; a rank without
+    a GPU refuses them when it builds its engines)."""
+    t = cfg.trainer
+    _one_of("trainer.offload", t.offload, {"none", "optimizer", "all"})
+    if t.offload == "optimizer" and t.zero_stage == 0:
+        raise ConfigError("trainer.offload=optimizer moves ZeRO's optimizer state to CPU memory: it needs "
+                          "trainer.zero_stage 1, 2 or 3 (got 0)")
+    if t.offload == "all" and t.zero_stage != 3:
+        raise ConfigError(f"trainer.offload=all also offloads the parameters, which only ZeRO-3 partitions: set "
+                          f"trainer.zero_stage=3 (got {t.zero_stage}) or trainer.offload=optimizer")
+    if cfg.rollout.sleep_during_update and cfg.rollout.backend != "vllm":
+        raise ConfigError(f"rollout.sleep_during_update puts vLLM to sleep during the update; rollout.backend="
+                          f"{cfg.rollout.backend} samples with the trainer's own weights, which the update needs")
+
+
 def validate(cfg: SiirlConfig) -> SiirlConfig:
     """Every rule, checked before any model is loaded."""
     from siirl_core.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
@@ -82,6 +98,7 @@ def validate(cfg: SiirlConfig) -> SiirlConfig:
     if cfg.trainer.zero_stage == 3 and cfg.rollout.backend == "hf" and cfg.cluster.n_workers > 1:
         raise ConfigError("rollout.backend=hf with trainer.zero_stage=3 needs cluster.n_workers=1: "
                           "sharded parameters make every generation step a collective; use rollout=vllm")
+    _validate_offload(cfg)
     _positive("model.bpe_vocab_size", cfg.model.bpe_vocab_size)
     _validate_lora(cfg)
     _validate_memory(cfg)

@@ -150,6 +150,7 @@ def node_update(parts, b: IterationBatch, bag):
     cfg, t = parts.cfg, b.tensors
     n = t.input_ids.shape[0]
     gen = torch.Generator().manual_seed(cfg.trainer.seed * 7919 + b.step)
+    parts.rollout.release()  # rollout.sleep_during_update: the device memory goes to the update
     _choose_update_rows(parts, b, bag)
     bag.add("perf/fused_update", float(b.rollout_logits is not None))
     if b.rollout_logits is not None and cfg.trainer.micro_batch_size < n:

@@ -131,7 +131,8 @@ class RankWorker:
             total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
             zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
             grad_accum=self.cfg.grad_accum(self.world_size), world_size=self.world_size, grad_clip=t.grad_clip,
-            bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps)
+            bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps,
+            offload=t.offload)
 
     def _build_critic(self):
         from siirl_core.training.critic import Critic
@@ -141,7 +142,8 @@ class RankWorker:
                       zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
                       grad_accum=self.cfg.grad_accum(self.world_size),
                       world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16,
-                      gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps)
+                      gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps,
+                      offload=t.offload)
 
     def _build_rollout(self) -> RolloutEngine:
         return build_rollout_engine(self.cfg, self.tokenizer, self.model_path, self.cfg.trainer.seed,
@@ -156,7 +158,11 @@ class RankWorker:
             raise RuntimeError(f"rank {self.rank}: step {step} already applied (at step {self.step})")
         metrics = {}
         while self.step < step:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             bag = run_iteration(self.parts, self.step + 1, self.pipeline, self.batch_type)
+            if torch.cuda.is_available():  # what the trainer's allocator held at most (vLLM's pool aside)
+                bag.add("perf/gpu_peak_mib", torch.cuda.max_memory_allocated() / 2**20, reduce="max")
             self.step += 1
             metrics = self._finish_metrics(bag)
         return metrics

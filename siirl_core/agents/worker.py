@@ -64,7 +64,8 @@ class MultiAgentWorker(RankWorker):
             total_steps=updates, schedule=t.lr_schedule, zero_stage=t.zero_stage,
             micro_batch_size=t.micro_batch_size, grad_accum=math.ceil(rows / t.micro_batch_size),
             world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16,
-            gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps)
+            gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps,
+            offload=t.offload)
 
     # --- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict:

@@ -46,6 +46,10 @@ class RolloutEngine(Protocol):
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new policy weights in place, without restarting the engine."""
 
+    def release(self) -> None:
+        """Free what the engine holds on the device while the trainer runs (or nothing);
+        the next generate or sync_weights takes it back."""
+
 
 def strip_eos(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
     """Response tokens up to and including the first EOS, and whether EOS was produced."""

@@ -22,7 +22,8 @@ def build_rollout_engine(cfg, tokenizer, model_dir: str, seed: int, module: torc
         cores = None if torch.cuda.is_available() else cpu_cores_for(local_rank, cfg.cluster.threads_per_worker)
         return VLLMRollout(model_dir, eos_id=tokenizer.eos_token_id, seed=seed, kv_cache_gib=r.kv_cache_gib,
                            cpu_cores=cores, enforce_eager=r.enforce_eager,
-                           max_model_len=rollout_positions(r.max_model_len, model_positions_of(model_dir)))
+                           max_model_len=rollout_positions(r.max_model_len, model_positions_of(model_dir)),
+                           sleep_during_update=r.sleep_during_update)
     from siirl_core.rollout.hf_engine import HFRollout
 
     if module is None:

@@ -58,6 +58,9 @@ class HFRollout:
         # Same module as the trainer: nothing to copy.
         return None
 
+    def release(self) -> None:
+        return None  # the trainer's own module: nothing of its own to free
+
 
 def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
     """Chunks may stop at different lengths (all rows finished): zero-pad the steps

@@ -13,7 +13,10 @@ from siirl_core.rollout.base import RolloutBatch, SamplingConfig, check_room, st
 class VLLMRollout:
     def __init__(self, model_path: str, eos_id: int, seed: int = 0, dtype: str = "float32",
                  max_model_len: int = 128, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
-                 cpu_cores: str | None = None, enforce_eager: bool | None = None):
+                 cpu_cores: str | None = None, enforce_eager: bool | None = None, sleep_during_update: bool = False):
+        if sleep_during_update and not torch.cuda.is_available():
+            raise ValueError("rollout.sleep_during_update frees the GPU memory vLLM holds while the trainer runs; "
+                             "this rank has no GPU (vLLM's sleep mode needs CUDA): set it to false")
         # In-process engine: no extra processes inside a Dask worker, and direct
         # access to the model runner for weight sync.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -36,14 +39,30 @@ class VLLMRollout:
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs["use_tqdm_on_load"] = verbose  # its weight-loading bar
+        if sleep_during_update:
+            kwargs["enable_sleep_mode"] = True
+        self.sleeps, self.asleep = sleep_during_update, False
         self.llm = LLM(**kwargs)
         self.eos_id = eos_id
         self.max_model_len = max_model_len
+
+    def release(self) -> None:
+        """Before the update: with rollout.sleep_during_update, weights to CPU memory and the
+        KV cache freed, until the next weight sync or generation."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _awake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self._awake()
         check_room(prompt_ids, sampling.max_new_tokens, self.max_model_len)
         # One seed per prompt: samples depend only on (seed, prompt position, weights),
         # so a resumed run replays exactly what an uninterrupted one sampled.
@@ -74,6 +93,7 @@ class VLLMRollout:
         return batch
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._awake()
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
         runner.reload_weights(weights_iterator=iter(named_tensors))
         # Cached prefixes hold KV computed with the old weights.

@@ -40,15 +40,22 @@ def _disable_cpu_shm_comm() -> None:
 
 
 def deepspeed_config(zero_stage: int, micro_batch_size: int, grad_accum: int, world_size: int,
-                     grad_clip: float, bf16: bool) -> dict:
+                     grad_clip: float, bf16: bool, offload: str = "none") -> dict:
+    zero: dict = {"stage": zero_stage}
+    if offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch_size * grad_accum * world_size,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
-        # A plain torch AdamW: DeepSpeed's fused CPU Adam needs a compiled op.
+        "zero_optimization": zero,
+        # A plain torch AdamW: DeepSpeed's fused CPU Adam needs a compiled op (with an offloaded
+        # optimizer the AdamW steps the CPU copy).
         "zero_allow_untested_optimizer": True,
+        **({"zero_force_ds_cpu_optimizer": False} if offload != "none" else {}),
         # bf16 ZeRO-1/2 skip a step with a non-finite gradient only with this on (DeepSpeed's
         # default; fp32 and ZeRO-3 always check): explicit, since skipping is relied on.
         "bf16": {"enabled": bf16, "check_grad_overflow": bf16},
@@ -103,8 +110,12 @@ class DeepSpeedActor:
     def __init__(self, module: torch.nn.Module, *, lr: float, weight_decay: float, warmup_steps: int,
                  total_steps: int, schedule: str, zero_stage: int, micro_batch_size: int,
                  grad_accum: int, world_size: int, grad_clip: float, bf16: bool = False,
-                 gradient_checkpointing: bool = False, max_skipped_steps: int = 3):
+                 gradient_checkpointing: bool = False, max_skipped_steps: int = 3, offload: str = "none"):
         import deepspeed
+
+        if offload != "none" and not torch.cuda.is_available():
+            raise ValueError(f"trainer.offload={offload} moves ZeRO's state from the GPU to CPU memory, and this "
+                             "rank has no GPU (its weights are in CPU memory already): use trainer.offload=none")
 
         if not torch.cuda.is_available():
             _disable_cpu_shm_comm()
@@ -120,7 +131,7 @@ class DeepSpeedActor:
         self.own_clipping = zero_stage == 0 and not bf16
         self.grad_clip, self._grad_norm = grad_clip, float("nan")
         config = deepspeed_config(zero_stage, micro_batch_size, grad_accum, world_size,
-                                  0.0 if self.own_clipping else grad_clip, bf16)
+                                  0.0 if self.own_clipping else grad_clip, bf16, offload)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config)
         use_restricted_loading(self.engine)

@@ -30,13 +30,13 @@ def response_values(module, input_ids: torch.Tensor, attention_mask: torch.Tenso
 class Critic:
     def __init__(self, model_path: str, *, init_from_policy: bool, lr: float, zero_stage: int,
                  micro_batch_size: int, grad_accum: int, world_size: int, grad_clip: float, bf16: bool,
-                 gradient_checkpointing: bool = False, max_skipped_steps: int = 3):
+                 gradient_checkpointing: bool = False, max_skipped_steps: int = 3, offload: str = "none"):
         self.actor = DeepSpeedActor(build_value_model(model_path, init_from_policy), lr=lr, weight_decay=0.0,
                                     warmup_steps=0, total_steps=1, schedule="constant", zero_stage=zero_stage,
                                     micro_batch_size=micro_batch_size, grad_accum=grad_accum,
                                     world_size=world_size, grad_clip=grad_clip, bf16=bf16,
                                     gradient_checkpointing=gradient_checkpointing,
-                                    max_skipped_steps=max_skipped_steps)
+                                    max_skipped_steps=max_skipped_steps, offload=offload)
 
     @property
     def engine(self):
