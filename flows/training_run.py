@@ -24,7 +24,7 @@ from siirl_core.config import SiirlConfig, to_dict
 from siirl_core.config_checks import make_run_dir
 from siirl_core.metrics import MetricSinks, read_metrics
 from siirl_core.model_cache import read_warm_start_record
-from siirl_core.tracking import build_tracker
+from siirl_core.tracking import build_trackers
 from tasks.model import make_agent_base_model, make_base_model
 from tasks.training import (evaluation_task, export_policy, find_checkpoint, iteration_task, record_ranks,
                             restore_checkpoint, save_checkpoint)
@@ -147,8 +147,8 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
                         i["local_parameters"], i["parameters"],
                         f", ZeRO stage {i['zero_stage']}" if "zero_stage" in i else "")
         start = restore_checkpoint(group, cfg, candidates)
-        tracker = build_tracker(cfg, run_dir, start, flow_run.name)
-        sinks = MetricSinks(run_dir, resumed_from=start, also=(tracker,))
+        trackers = build_trackers(cfg, run_dir, start, flow_run.name)
+        sinks = MetricSinks(run_dir, resumed_from=start, also=tuple(trackers))
         try:
             before = _initial_eval(group, cfg, start)
             if sinks.last_step != start:
@@ -157,11 +157,11 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
             after = evaluation_task(cfg)(group, "final", cfg, cfg.trainer.steps)
             curves = _draw_curves(run_dir, before, after, cfg.trainer.steps)
             final_dir = export_policy(group, os.path.join(run_dir, "final_policy"))
-            if tracker:
+            for tracker in trackers:
                 tracker.write(cfg.trainer.steps, after)
                 tracker.finish(final_dir)
         except BaseException:
-            if tracker:
+            for tracker in trackers:
                 tracker.fail()
             raise
         sinks.close()

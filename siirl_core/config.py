@@ -265,9 +265,15 @@ class TrackingConfig:
     # SQLite store shared by the runs under runs/ (sqlite:///runs/mlflow.db, artifacts in
     # runs/mlflow-artifacts); browse with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`.
     mlflow_uri: str = ""
+    # The MLflow experiment, and the W&B project.
     experiment: str = "siirl"
-    # Upload final_policy/ as an artifact (as large as the model).
+    # Upload final_policy/ as an MLflow artifact (as large as the model).
     log_policy: bool = True
+    # Weights & Biases (pip install 'siirl[tracking]'): the config, every step's metrics.
+    # offline writes the run under the run folder's wandb/ (upload later with `wandb sync`);
+    # online sends it as it goes (needs network and a W&B login).
+    wandb: bool = False
+    wandb_mode: str = "offline"
 
 
 @dataclass

@@ -17,6 +17,7 @@ OWNERS = (
     "siirl_core.pipeline",
     "siirl_core.agents.config_checks",
     "siirl_core.tracking",
+    "siirl_core.wandb_tracking",
 )
 _RULES: dict[str, Callable[[SiirlConfig], None]] = {}
 

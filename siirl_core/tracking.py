@@ -1,4 +1,7 @@
-"""MLflow tracking of a training run, driver-side, beside metrics.jsonl and TensorBoard
+"""Experiment trackers of a training run (build_trackers): MLflow here, Weights & Biases
+in wandb_tracking.py.
+
+MLflow tracking of a training run, driver-side, beside metrics.jsonl and TensorBoard
 (tracking.* in the config): the resolved config as params, every step's metrics, the
 held-out accuracy before training (step 0) and after it (the last step), and the final
 policy as an artifact. A resumed run continues the same MLflow run (its id is kept in
@@ -130,13 +133,23 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
-def build_tracker(cfg: SiirlConfig, run_dir: str, resumed_from: int, flow_run_name: str = "") -> MlflowTracker | None:
-    """The run's tracker, or None when tracking is off. A store that cannot be reached
-    stops the run here, naming tracking.mlflow_uri."""
-    if not cfg.tracking.mlflow:
-        return None
-    try:
-        return MlflowTracker(cfg, run_dir, resumed_from, flow_run_name)
-    except Exception as err:  # MLflow raises its own, requests' and SQLAlchemy's errors
-        raise ConnectionError(f"tracking.mlflow_uri={tracking_uri(cfg)!r}: cannot start an MLflow run "
-                              f"({type(err).__name__}: {err})") from err
+def build_trackers(cfg: SiirlConfig, run_dir: str, resumed_from: int, flow_run_name: str = "") -> list:
+    """The run's trackers (MLflow, W&B), each with write(step, metrics), finish(policy) and
+    fail(); none when tracking is off. A store that cannot be reached stops the run here,
+    naming its key."""
+    trackers = []
+    if cfg.tracking.mlflow:
+        try:
+            trackers.append(MlflowTracker(cfg, run_dir, resumed_from, flow_run_name))
+        except Exception as err:  # MLflow raises its own, requests' and SQLAlchemy's errors
+            raise ConnectionError(f"tracking.mlflow_uri={tracking_uri(cfg)!r}: cannot start an MLflow run "
+                                  f"({type(err).__name__}: {err})") from err
+    if cfg.tracking.wandb:
+        from siirl_core.wandb_tracking import WandbTracker
+
+        try:
+            trackers.append(WandbTracker(cfg, run_dir, resumed_from, flow_run_name))
+        except Exception as err:  # wandb raises its own errors (no login, unreachable server)
+            raise ConnectionError(f"tracking.wandb_mode={cfg.tracking.wandb_mode}: cannot start a W&B run "
+                                  f"({type(err).__name__}: {err})") from err
+    return trackers

@@ -105,10 +105,10 @@ def test_rules_live_beside_their_owners():
 
     edges, _ = _graph()
     engine = ("siirl_core.data", "siirl_core.rewards", "siirl_core.pipeline", "siirl_core.training",
-              "siirl_core.agents", "siirl_core.tracking")
+              "siirl_core.agents", "siirl_core.tracking", "siirl_core.wandb_tracking")
     assert not {t for t in edges["siirl_core.config_checks"] if t.startswith(engine)}
     assert edges["siirl_core.config_rules"] == {"siirl_core.config"}
     compose_config([])
     assert set(registered_rules()) == {"trainer.fused_update", "task", "reward", "algorithm.pipeline", "agents",
-                                       "tracking.mlflow"}
+                                       "tracking.mlflow", "tracking.wandb"}
     assert all(owner.startswith(engine) for owner in OWNERS)

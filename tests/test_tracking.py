@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from siirl_core.compose import compose_config
 from siirl_core.config import ConfigError
-from siirl_core.tracking import build_tracker, flat_params
+from siirl_core.tracking import build_trackers, flat_params
 
 
 def test_flat_params_name_every_leaf_with_its_dotted_key():
@@ -28,11 +28,11 @@ def test_a_run_is_tracked_and_a_resume_continues_it(tmp_path):
     policy.mkdir()
     (policy / "config.json").write_text("{}")
 
-    tracker = build_tracker(cfg, run_dir, resumed_from=0, flow_run_name="calm-owl")
+    [tracker] = build_trackers(cfg, run_dir, resumed_from=0, flow_run_name="calm-owl")
     for step in (1, 2, 3):
         tracker.write(step, {"reward/mean": step / 10, "actor/entropy": 1.0 - step / 10})
     tracker.fail()  # the run stopped after step 3
-    resumed = build_tracker(cfg, run_dir, resumed_from=2)  # resumed from the checkpoint of step 2
+    [resumed] = build_trackers(cfg, run_dir, resumed_from=2)  # resumed from the checkpoint of step 2
     assert resumed.run_id == tracker.run_id
     for step in (3, 4):
         resumed.write(step, {"reward/mean": step / 10, "actor/entropy": 1.0 - step / 10})
@@ -57,7 +57,7 @@ def test_a_store_that_cannot_be_opened_stops_the_run_naming_the_key(tmp_path):
     cfg = compose_config(["tracking.mlflow=true", f"tracking.mlflow_uri={uri}"])
     with pytest.raises(ConnectionError, match=r"tracking.mlflow_uri='sqlite:///.*a-file/mlflow.db': cannot start an "
                                               r"MLflow run \(FileExistsError"):
-        build_tracker(cfg, str(tmp_path), resumed_from=0)
+        build_trackers(cfg, str(tmp_path), resumed_from=0)
 
 
 def test_tracking_without_mlflow_installed_is_a_config_error(monkeypatch):
@@ -75,7 +75,7 @@ def test_a_store_fault_mid_run_costs_the_steps_it_missed_which_are_named(tmp_pat
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_config(["tracking.mlflow=true", f"tracking.mlflow_uri={uri}", "tracking.log_policy=false"])
-    tracker = build_tracker(cfg, str(tmp_path), resumed_from=0)
+    [tracker] = build_trackers(cfg, str(tmp_path), resumed_from=0)
     tracker.write(1, {"reward/mean": 0.1})
     with open(tmp_path / "mlflow.db", "r+b") as db:
         header = db.read(100)

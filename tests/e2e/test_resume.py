@@ -27,11 +27,11 @@ SHORT = ["model=tiny", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_
 
 @pytest.fixture(scope="session")
 def uninterrupted_dir(tmp_path_factory, cache_dir) -> str:
-    """The reference run; it is also tracked in MLflow (a SQLite store beside it), which
-    changes none of its metrics."""
+    """The reference run; it is also tracked in MLflow (a SQLite store beside it) and in
+    W&B offline, which changes none of its metrics."""
     run_dir = str(tmp_path_factory.mktemp("uninterrupted"))
     run_siirl(["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT, "tracking.mlflow=true",
-               f"tracking.mlflow_uri=sqlite:///{run_dir}/mlflow.db"])
+               f"tracking.mlflow_uri=sqlite:///{run_dir}/mlflow.db", "tracking.wandb=true"])
     return run_dir
 
 
@@ -212,6 +212,22 @@ def test_siirl_runs_reads_a_real_run_folder(uninterrupted_dir):
     assert metrics_by_step(uninterrupted_dir, initial=True)[0] == {"step": 0, "val/accuracy": s["val_accuracy_before"]}
     shown = run_siirl(["runs", "show", name, root]).stdout
     assert f"curves: {s['curves']}" in shown and "run_dir" in shown and s["final_policy"] in shown
+
+
+def test_a_real_run_is_tracked_in_wandb_offline(uninterrupted_dir):
+    """Read back from W&B's offline run files: every step's metrics as metrics.jsonl has
+    them, the held-out accuracy before (step 0) and after (step 6), the config."""
+    from tests.test_wandb_tracking import wandb_history
+
+    s = summary(uninterrupted_dir)
+    config, steps, _ = wandb_history(uninterrupted_dir)
+    assert config["trainer"]["steps"] == 6 and config["model"]["size"] == "tiny"
+    logged, history = metrics_by_step(uninterrupted_dir), dict(steps)
+    assert sorted(history) == list(range(7))
+    for step, row in logged.items():
+        assert history[step]["reward/mean"] == pytest.approx(row["reward/mean"]), step
+    assert history[0]["val/accuracy"] == pytest.approx(s["val_accuracy_before"])
+    assert history[6]["val/accuracy"] == pytest.approx(s["val_accuracy_after"])
 
 
 def test_a_real_run_is_tracked_in_mlflow(uninterrupted_dir):
