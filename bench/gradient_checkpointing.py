@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +68,8 @@ def _model(size: str, positions: int, tmp: str) -> str:
 
 
 def main() -> None:
+    from bench.sides import run_side, write_result
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="medium")
     ap.add_argument("--rows", type=int, default=16)
@@ -88,18 +89,13 @@ def main() -> None:
         for on in ("off", "on"):
             cmd = [sys.executable, __file__, "--side", f"{model_dir}:{on}", "--rows", str(args.rows),
                    "--prompt", str(args.prompt), "--response", str(args.response), "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            rows.append(run_side(cmd, ROOT))
     off, on = rows
     assert not off["gradient_checkpointing"] and on["gradient_checkpointing"], rows
     assert all(off[k] == on[k] for k in ("dtype", "parameters", "rows", "tokens", "threads")), rows
     result = {"size": args.size, "rows": rows, "memory_ratio": on["update_rss_mib"] / off["update_rss_mib"],
               "time_ratio": on["seconds"] / off["seconds"]}
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(_markdown(result, args))
-    print(_markdown(result, args))
+    write_result(args.out, result, _markdown(result, args))
 
 
 def _markdown(result: dict, args) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +96,7 @@ def one_side(model_dir: str, side: str, rows: int, micro_rows: int, prompt, resp
 
 def main() -> None:
     from bench.gradient_checkpointing import _model
+    from bench.sides import run_side, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="small")
@@ -123,19 +123,14 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--side", f"{model_dir}|{side}", "--rows", str(args.rows),
                    "--micro-rows", str(args.micro_rows), "--prompt", args.prompt, "--response", args.response,
                    "--repeats", str(args.repeats), "--small-budget", str(args.small_budget)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            results.append(run_side(cmd, ROOT))
     same = ("dtype", "parameters", "rows", "real_tokens", "gradient_checkpointing", "threads")
     assert all(r[k] == results[0][k] for r in results for k in same), results
     fixed = results[0]
     result = {"size": args.size, "prompt": prompt, "response": response, "sides": results,
               "time_ratio": {r["side"]: r["seconds"] / fixed["seconds"] for r in results},
               "memory_ratio": {r["side"]: r["update_rss_mib"] / fixed["update_rss_mib"] for r in results}}
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(_markdown(result, args))
-    print(_markdown(result, args))
+    write_result(args.out, result, _markdown(result, args))
 
 
 def _markdown(result: dict, args) -> str:
