@@ -24,7 +24,7 @@ from siirl_core.distributed import all_gather, pooled_mean
 from siirl_core.data import shard
 from siirl_core.metrics import MetricBag
 from siirl_core.algorithms.advantages import gae_advantages_returns
-from siirl_core.algorithms.shaping import overlong_penalty
+from siirl_core.algorithms.shaping import outcome_token_rewards, overlong_penalty
 from siirl_core.batch import IterationBatch, Node, order_error, pad_rollout
 from siirl_core.config import ConfigError
 from siirl_core.config_rules import config_rule
@@ -209,14 +209,6 @@ def node_remax_baseline(parts, b: IterationBatch, bag):
     base = torch.tensor(scored.rewards, dtype=torch.float32)  # [prompts]
     b.baseline_scores = base[torch.tensor(b.rollout.group_index)]  # [B]
     bag.add("reward/greedy_baseline_mean", float(base.mean()), weight=len(base))
-
-
-def outcome_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Each sequence's score on its last response token, 0 elsewhere: [B] -> [B, R]."""
-    last = (response_mask.sum(-1).long() - 1).clamp_min(0)  # [B]
-    out = torch.zeros_like(response_mask)
-    out[torch.arange(len(scores)), last] = scores * response_mask[torch.arange(len(scores)), last]
-    return out
 
 
 def node_advantage(parts, b: IterationBatch, bag):

@@ -121,3 +121,16 @@ def test_clipped_value_loss_by_hand():
     loss.backward()
     # t0's clipped branch is flat in V: no gradient; t1: d/dV 0.5*(V-R)^2 / 2 tokens = 0.4/2.
     torch.testing.assert_close(v.grad, torch.tensor([[0.0, 0.2, 0.0]]))
+
+
+def test_outcome_reward_sits_on_the_last_generated_token_even_with_gaps():
+    from siirl_core.algorithms.shaping import outcome_token_rewards
+
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],   # one answer, right-padded
+                         [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0],   # a turn, 2 tool tokens, a turn
+                         [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # nothing generated
+    got = outcome_token_rewards(torch.tensor([2.0, 3.0, 5.0]), mask)
+    expected = torch.zeros(3, 7)
+    expected[0, 2] = 2.0
+    expected[1, 5] = 3.0  # not at mask.sum() - 1 = 3, a tool token
+    assert torch.equal(got, expected)
