@@ -13,9 +13,24 @@ from siirl_core.metrics import read_metrics
 from tests.conftest import ROOT, siirl_cli
 
 
-def run_siirl(args: list[str], timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+# The test session's Prefect server ({"api": URL}), started by tests/e2e/conftest.py.
+SHARED_SERVER: dict[str, str] = {}
+
+
+def siirl_env(temporary_server: bool = False) -> dict:
+    """The environment `siirl` (and a process reading Prefect's database) runs in: with the
+    session's Prefect server as PREFECT_API_URL, or with temporary_server=True without, so
+    that `siirl` starts Prefect's temporary server itself, as with the README's command."""
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.run(siirl_cli() + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if "api" in SHARED_SERVER and not temporary_server:
+        env["PREFECT_API_URL"] = SHARED_SERVER["api"]
+    return env
+
+
+def run_siirl(args: list[str], timeout: int = 900, check: bool = True,
+              temporary_server: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.run(siirl_cli() + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=siirl_env(temporary_server))
     if check and proc.returncode != 0:
         raise AssertionError(f"siirl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc
@@ -50,7 +65,8 @@ def run_siirl_killing_a_rank(args: list[str], run_dir: str, after_step: int, ran
 
 
 def run_siirl_killing(args: list[str], run_dir: str, after_step: int, choose: Callable[[subprocess.Popen], int],
-                      timeout: int = 900) -> tuple[subprocess.CompletedProcess, int, list]:
+                      timeout: int = 900,
+                      temporary_server: bool = False) -> tuple[subprocess.CompletedProcess, int, list]:
     """Run `siirl` and SIGKILL the process `choose(proc)` names once `after_step` steps are
     in the metrics log, then wait up to 60 s for every process `siirl` had started to end.
     Returns the finished process (stdout and stderr together in .stdout), the killed pid,
@@ -58,7 +74,7 @@ def run_siirl_killing(args: list[str], run_dir: str, after_step: int, choose: Ca
     (psutil.Process objects)."""
     import psutil
 
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = siirl_env(temporary_server)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nobody reads a pipe while we wait
         proc = subprocess.Popen(siirl_cli() + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

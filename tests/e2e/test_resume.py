@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from siirl_core import checkpoint as ckpt
-from tests.e2e.helpers import metrics_by_step, run_siirl, run_siirl_killing, run_siirl_killing_a_rank, summary
+from tests.e2e.helpers import (metrics_by_step, run_siirl, run_siirl_killing, run_siirl_killing_a_rank, siirl_env,
+                               summary)
 
 pytestmark = pytest.mark.slow
 # Same seeds, same restored weights and optimizer state: the replay is bit-for-bit
@@ -112,7 +113,7 @@ def test_save_error_with_continue_keeps_training(tmp_path, cache_dir, uninterrup
     assert_same_run(uninterrupted, metrics_by_step(run_dir))
 
 
-def flow_run_state(name: str) -> str:
+def flow_run_state(name: str, temporary_server: bool = False) -> str:
     """The state Prefect's database holds for the flow run of that name, read by a new
     process as the Prefect UI would."""
     code = ("import sys\nfrom prefect.client.orchestration import get_client\n"
@@ -120,8 +121,8 @@ def flow_run_state(name: str) -> str:
             "with get_client(sync_client=True) as c:\n"
             "    runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sys.argv[1]])))\n"
             "    print('STATE', ','.join(r.state.type.value for r in runs))\n")
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True,
+                         env=siirl_env(temporary_server), timeout=300)
     found = re.search(r"^STATE (.*)$", out.stdout, re.M)
     assert found, out.stdout + out.stderr
     return found.group(1)
@@ -132,20 +133,36 @@ def _named_semaphores() -> set[str]:
     return set(glob.glob("/dev/shm/sem.mp-*"))
 
 
+def _semaphores_held_by(pid: int) -> set[str]:
+    """The named semaphores a process and its descendants have mapped (not those of other
+    programs running on the machine)."""
+    import psutil
+
+    held = set()
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            held.update(m.path for m in process.memory_maps() if m.path.startswith("/dev/shm/sem.mp-"))
+        except psutil.Error:  # ended meanwhile
+            pass
+    return held
+
+
 def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path, cache_dir, uninterrupted):
-    """SIGKILL of `siirl train` itself (with cluster=local it holds the Dask scheduler and
-    starts Prefect's temporary server): every process it started ends, its flow run is
-    Crashed in Prefect's database, and the same command resumes from the newest checkpoint."""
+    """SIGKILL of `siirl train` itself (with cluster=local it holds the Dask scheduler and,
+    without a Prefect server, starts Prefect's temporary server, as here): every process it
+    started ends, its flow run is Crashed in Prefect's database, and the same command
+    resumes from the newest checkpoint."""
     run_dir = str(tmp_path / "run")
     common = ["train", f"storage.uri={run_dir}", f"storage.cache_dir={cache_dir}", *SHORT]
-    before = _named_semaphores()
     at_kill = set()
 
     def the_flow_process(p) -> int:
-        at_kill.update(_named_semaphores() - before)
+        at_kill.update(_semaphores_held_by(p.pid))
         return p.pid
 
-    proc, victim, left = run_siirl_killing(common + ["--verbose"], run_dir, after_step=3, choose=the_flow_process)
+    proc, victim, left = run_siirl_killing(common + ["--verbose"], run_dir, after_step=3, choose=the_flow_process,
+                                           temporary_server=True)
     assert proc.returncode == -signal.SIGKILL
     assert "distributed.scheduler - State start" in proc.stdout  # --verbose: the libraries' output too
     assert left == [], [p.cmdline() for p in left]
@@ -153,9 +170,9 @@ def test_killed_flow_process_leaves_nothing_running_and_its_run_resumes(tmp_path
     assert at_kill and not at_kill & _named_semaphores(), sorted(at_kill)
     name = re.search(r"Beginning flow run '([^']+)'", proc.stdout).group(1)
     assert f"siirl: process {victim} ended without cleaning up: marked flow run(s)" in proc.stdout, proc.stdout[-3000:]
-    assert flow_run_state(name) == "CRASHED"
+    assert flow_run_state(name, temporary_server=True) == "CRASHED"
 
-    resumed = run_siirl(common)
+    resumed = run_siirl(common, temporary_server=True)
     saved = summary(run_dir)["resumed_from_step"]
     assert saved in (2, 4), saved
     assert_same_run(uninterrupted, metrics_by_step(run_dir))
@@ -179,9 +196,8 @@ def test_a_run_reports_progress_curves_and_summary_in_prefect(uninterrupted_dir)
             "    arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId("
             "any_=[sys.argv[1]])))\n"
             "    print('ARTS', json.dumps({a.key: [a.type, a.data] for a in arts}))\n")
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    out = subprocess.run([sys.executable, "-c", code, s["flow_run_id"]], capture_output=True, text=True, env=env,
-                         timeout=300).stdout
+    out = subprocess.run([sys.executable, "-c", code, s["flow_run_id"]], capture_output=True, text=True,
+                         env=siirl_env(), timeout=300).stdout
     found = re.search(r"^ARTS (.*)$", out, re.M)
     assert found, out[-3000:]
     arts = json.loads(found.group(1))
