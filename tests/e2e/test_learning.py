@@ -54,6 +54,15 @@ def _exported_policy_loads_in_vllm(policy_dir: str, expected_accuracy: float):
     assert acc == pytest.approx(expected_accuracy, abs=0.01)
 
 
+def test_lora_learns(tmp_path, cache_dir):
+    """LoRA adapters (rank 8) trained alone on the default task raise held-out accuracy by
+    the case's margin; the export is the merged model with the adapters beside it."""
+    run_dir = str(tmp_path / "run")
+    run_siirl(CASES["lora"].command(run_dir, cache_dir))
+    CASES["lora"].check(run_dir)
+    assert os.path.isfile(os.path.join(summary(run_dir)["final_policy"], "adapter", "adapter_config.json"))
+
+
 def test_hf_backend_learns(tmp_path, cache_dir):
     """The transformers rollout backend, same flow, a shorter run and a smaller margin;
     the rank's 256 samples in one micro-batch, so the update back-propagates through the
