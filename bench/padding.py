@@ -158,7 +158,9 @@ def _markdown(result: dict, args) -> str:
         f"{result['response'][0]}-{result['response'][1]} tokens ({fixed['real_tokens']} real tokens), "
         f"one optimizer step through siirl's update loop on a DeepSpeed actor, {fixed['dtype']} on the CPU "
         f"({fixed['threads']} threads), each side in its own process (`bench/padding.py`), the faster of "
-        f"{args.repeats} steps. Computed tokens count what the forward passes ran on, padding included.",
+        f"{args.repeats} steps. Random tokens: this measures what a step costs, not what it learns (the "
+        "loss and gradient are the same on every side). Computed tokens count what the forward passes ran "
+        "on, padding included.",
         "",
         "| split | micro-batches | computed tokens | share that is padding | seconds | memory of the step (MiB) |",
         "|---|---|---|---|---|---|",

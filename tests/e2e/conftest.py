@@ -1,14 +1,12 @@
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import _free_port
-from tests.e2e.helpers import SHARED_SERVER
+from tests.e2e.helpers import SHARED_SERVER, wait_healthy
 from tests.e2e.test_resume import uninterrupted, uninterrupted_dir  # noqa: F401 - session fixtures shared by e2e modules
 
 
@@ -27,14 +25,7 @@ def prefect_server(tmp_path_factory):
         server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(api + "/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (home / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_healthy(api, server)
         SHARED_SERVER["api"] = api  # for helpers.siirl_env; the pytest process's own env is left alone
         yield api
     finally:

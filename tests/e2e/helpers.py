@@ -100,6 +100,22 @@ def run_siirl_killing(args: list[str], run_dir: str, after_step: int, choose: Ca
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), victim, left
 
 
+def wait_healthy(api: str, server: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Wait for a Prefect server's /health to answer (and fail at once if its process ended)."""
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server is not None and server.poll() is not None:
+            raise RuntimeError(f"the prefect server ended with {server.returncode}")
+        try:
+            urllib.request.urlopen(api + "/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("prefect server did not become healthy")
+
+
 def steps_logged(path: str) -> int:
     """Training steps in a metrics log (step 0, the evaluation before training, is not one);
     a line still being written is not counted yet."""

@@ -19,21 +19,10 @@ import pytest
 from siirl_core import champion
 from siirl_core import checkpoint as ckpt
 from tests.conftest import ROOT, _free_port
-from tests.e2e.helpers import metrics_by_step, steps_logged
+from tests.e2e.helpers import metrics_by_step, steps_logged, wait_healthy
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _wait_healthy(api: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(api + "/health", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("prefect server did not become healthy")
 
 
 def _evaluate_deployment(run, run_dir: str, overrides: list[str]) -> None:
@@ -120,7 +109,7 @@ def test_deployment_run_completes(tmp_path, cache_dir):
                               stdout=logs, stderr=subprocess.STDOUT)
     worker = None
     try:
-        _wait_healthy(api)
+        wait_healthy(api)
         run = lambda *args: subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True,  # noqa: E731
                                            text=True, timeout=900)
         assert run("work-pool", "create", "siirl-process", "--type", "process").returncode == 0
