@@ -48,8 +48,8 @@ def main() -> None:
                                                for r in timed],
                "peak_rss_mib": peak_rss_mib(),
                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-               "parameters": worker.actor.total_parameters(),
-               "fused": fused_update_active(worker.cfg), "zero_stage": worker.actor.zero_stage}, open(out_path, "w"))
+               "parameters": worker.parts.actor.total_parameters(),
+               "fused": fused_update_active(worker.cfg), "zero_stage": worker.parts.actor.zero_stage}, open(out_path, "w"))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class RankGroup:
 
     client: Client
     cfg: dict
-    model_path: str | dict  # one policy, or policy id -> model directory (multi-agent)
+    model_path: str | dict  # the single-agent policy's directory, or policy id -> directory
     world_size: int
     actors: list = field(default_factory=list)
     workers: list[str] = field(default_factory=list)
@@ -100,10 +100,9 @@ class RankGroup:
         workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])[:self.world_size]
         host = _host_of(workers[0])
         port = self.client.run(_free_port, workers=[workers[0]])[workers[0]]
-        from siirl_core.worker_factory import worker_class
+        from siirl_core.worker import RankWorker  # here: it pulls in the training engines
 
-        cls = worker_class(self.cfg)
-        futures = [self.client.submit(cls, self.cfg, self.model_path, rank, self.world_size, host, port,
+        futures = [self.client.submit(RankWorker, self.cfg, self.model_path, rank, self.world_size, host, port,
                                       local, n_local, actor=True, workers=[addr], pure=False)
                    for rank, (addr, (local, n_local)) in enumerate(zip(workers, local_ranks(workers)))]
         self.actors = [f.result() for f in futures]

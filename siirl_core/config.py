@@ -382,6 +382,10 @@ class AgentsConfig:
             if a.policy != "scripted" and a.policy not in out:
                 out.append(a.policy)
         return out
+
+    def turns_per_episode(self, pid: str) -> int:
+        """How many turns policy `pid` takes in one episode (its agents' turns in the schedule)."""
+        return (self.rounds if self.graph == "rounds" else 1) * sum(a.policy == pid for a in self.agents)
     # chain: agents in order, each seeing the earlier messages; rounds: the chain `rounds`
     # times (debate); parallel: all but the last see only their observation, the last
     # (the aggregator) sees them all.
@@ -394,6 +398,9 @@ class AgentsConfig:
     schedule: str = "simultaneous"
     # Episodes per start for evaluation are greedy; this many held-out starts.
     eval_episodes: int = 200
+
+
+SINGLE_POLICY = "policy"  # the policy id of a single-agent run
 
 
 @dataclass
@@ -435,9 +442,30 @@ class SiirlConfig:
         t = self.trainer
         return math.ceil(self.samples_per_rank(world_size) // t.mini_batches / t.micro_batch_size)
 
+    def policy_ids(self) -> list[str]:
+        """The policies a rank trains: the single-agent run's one, or each agent policy."""
+        return self.agents.trained_policies() if self.agents.env else [SINGLE_POLICY]
+
     def policy_lr(self, pid: str) -> float:
-        """A multi-agent policy's learning rate: its own, or trainer.lr."""
-        return self.agents.policy(pid).lr or self.trainer.lr
+        """A policy's learning rate: an agent policy's own, or trainer.lr."""
+        return (self.agents.policy(pid).lr if self.agents.env else 0.0) or self.trainer.lr
+
+    def policy_optimizer_steps(self, pid: str) -> int:
+        """Optimizer steps policy `pid` takes over the run (the LR schedule's length)."""
+        t = self.trainer
+        if not self.agents.env:
+            return t.steps * t.ppo_epochs * t.mini_batches
+        if self.agents.schedule == "simultaneous":
+            return t.steps
+        return math.ceil(t.steps / len(self.agents.trained_policies()))
+
+    def policy_grad_accum(self, pid: str, world_size: int | None = None) -> int:
+        """Micro-batches per optimizer step of policy `pid` on one rank: an agent policy
+        trains on every one of its turns in a step at once."""
+        if not self.agents.env:
+            return self.grad_accum(world_size)
+        rows = self.samples_per_rank(world_size) * self.agents.turns_per_episode(pid)
+        return math.ceil(rows / self.trainer.micro_batch_size)
 
     def derived(self, world_size: int | None = None) -> dict:
         """The numbers the ranks compute from the configuration, for the log at start."""

@@ -1,5 +1,7 @@
 """What a rank trains, each with its own files in a checkpoint: policies (a single-agent
-rank owns one, a multi-agent rank one per trained policy id) and other engines (the critic)."""
+rank owns one, a multi-agent rank one per trained policy id) and other engines (the critic).
+A policy is everything a rank keeps of it: training engine, tokenizer, rollout engine,
+checkpoint folders and export."""
 from __future__ import annotations
 
 import os
@@ -42,12 +44,19 @@ class TrainedEngine:
 
 @dataclass
 class TrainedPolicy(TrainedEngine):
-    """A trained language-model policy: an engine plus its tokenizer, exported as an HF
-    directory (`hf_dir` inside a checkpoint) beside its engine state."""
+    """A trained language-model policy: an engine plus its tokenizer and the rollout engine
+    that samples from it, exported as an HF directory (`hf_dir` inside a checkpoint) beside
+    its engine state."""
 
     name: str
     tokenizer: Any
     hf_dir: str  # relative to a checkpoint: e.g. "policy", "policies/<id>/hf"
+    rollout: Any  # rollout.base.RolloutEngine
+    export_subdir: str = ""  # where export(out_dir) puts it: out_dir itself, or out_dir/<id> in a team
+
+    def sync_rollout(self) -> None:
+        """The rollout engine samples from the trained weights again (after a restore)."""
+        self.rollout.sync_weights(self.actor.named_weights())
 
     def stage(self, staging: str, rank: int) -> None:
         """This rank's engine shards and (rank 0) the HF export into a staging folder."""
@@ -72,3 +81,4 @@ class TrainedPolicy(TrainedEngine):
             module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(out_dir)
         return out_dir
+

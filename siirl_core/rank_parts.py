@@ -14,7 +14,7 @@ from siirl_core.rollout.base import RolloutEngine
 
 @dataclass(frozen=True)
 class RankParts:
-    """A single-agent rank's parts (RankWorker.parts)."""
+    """A single-agent rank's parts (workload.TaskWorkload.parts)."""
 
     cfg: SiirlConfig
     rank: int
@@ -31,13 +31,12 @@ class RankParts:
 
 @dataclass(frozen=True)
 class EpisodeParts:
-    """A multi-agent rank's parts (MultiAgentWorker.parts): every trained policy's actor,
-    and for every policy that plays, its rollout engine and tokenizer."""
+    """A multi-agent rank's parts (agents.workload.EpisodeWorkload.parts): every policy
+    that plays, with its training engine, rollout engine and tokenizer."""
 
     cfg: SiirlConfig
     rank: int
     world_size: int
     env: Any  # agents.envs: starts, scripted moves, outcomes
     agent_names: list[str]
-    actors: dict[str, Any]  # policy id -> DeepSpeedActor
-    policies: dict[str, Any]  # policy id -> agents.episodes.Policy (rollout engine, tokenizer)
+    policies: dict[str, Any]  # policy id -> policy.TrainedPolicy (actor, rollout, tokenizer)

@@ -1,11 +1,13 @@
-"""RankWorker: one per rank, owns the models, the optimizer and the rollout engine,
-and runs whole iterations on its shard. It lives for the whole run (a Dask actor
-in the product; a plain object in tests and scripts)."""
+"""RankWorker: one per rank, for single-agent and multi-agent runs alike. It owns the
+rank's policies (one, or one per agent policy: training engine, rollout engine,
+tokenizer, checkpoint folders) and a workload (what an iteration does with them: a
+task's prompts, or an environment's episodes), and runs whole iterations on its shard.
+It lives for the whole run (a Dask actor in the product; a plain object in tests and
+scripts)."""
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -16,20 +18,13 @@ import numpy as np
 import torch
 
 from siirl_core import checkpoint as ckpt
-from siirl_core.batch import IterationBatch
-from siirl_core.config import SiirlConfig, from_dict, to_dict
-from siirl_core.data import build_task
+from siirl_core.config import SINGLE_POLICY, SiirlConfig, from_dict, to_dict
 from siirl_core.distributed import all_gather, barrier, init_process_group, rank_device
 from siirl_core.metrics import MetricBag
 from siirl_core.models import load_causal_lm, load_tokenizer
-from siirl_core.pipeline import resolve_pipeline, run_iteration
-from siirl_core.policy import TrainedEngine, TrainedPolicy
-from siirl_core.rank_parts import RankParts
-from siirl_core.evaluation import evaluate_sampled, greedy_correct
-from siirl_core.rollout.base import RolloutEngine, SamplingConfig
+from siirl_core.pipeline import run_iteration
+from siirl_core.policy import TrainedPolicy
 from siirl_core.rollout.engines import build_rollout_engine
-from siirl_core.algorithms.kl import AdaptiveKLController, FixedKLController
-from siirl_core.rewards import build_reward_scorer
 from siirl_core.rng import load_rng_state, save_rng_state
 from siirl_core.storage import is_remote
 from siirl_core.version import code_version
@@ -37,20 +32,32 @@ from siirl_core.version import code_version
 log = logging.getLogger("siirl.worker")
 
 
-def build_kl_controller(algo):
-    if algo.kl_ctrl == "adaptive":
-        return AdaptiveKLController(algo.kl_reward_coef, algo.kl_target, algo.kl_horizon)
-    return FixedKLController(algo.kl_reward_coef)
+def model_dirs_by_policy(cfg: SiirlConfig, model_path: str | dict[str, str]) -> dict[str, str]:
+    """{policy id: HF directory}; a single directory stands for a single-agent run's policy."""
+    ids = cfg.policy_ids()
+    dirs = {SINGLE_POLICY: model_path} if isinstance(model_path, str) else dict(model_path)
+    missing = [pid for pid in ids if pid not in dirs]
+    if missing:
+        raise ValueError(f"no model directory for policies {missing}; got directories for {sorted(dirs)}")
+    return {pid: dirs[pid] for pid in ids}
+
+
+def build_workload(cfg: SiirlConfig, rank: int, world_size: int, device, bf16: bool):
+    """An environment's episodes when the config names one, the task's prompts otherwise
+    (imported here: each pulls in its own nodes)."""
+    if cfg.agents.env:
+        from siirl_core.agents.workload import EpisodeWorkload
+        return EpisodeWorkload(cfg, rank, world_size, device, bf16)
+    from siirl_core.workload import TaskWorkload
+    return TaskWorkload(cfg, rank, world_size, device, bf16)
 
 
 class RankWorker:
-    batch_type = IterationBatch  # what run_iteration hands the pipeline's nodes
-
     def __init__(self, cfg: dict, model_path: str | dict[str, str], rank: int, world_size: int,
                  master_addr: str = "127.0.0.1", master_port: int = 29500,
                  local_rank: int = 0, local_world_size: int = 1):
         self.cfg: SiirlConfig = from_dict(cfg)
-        self.model_path = model_path  # the policy's HF directory; multi-agent: {policy id: directory}
+        self.model_dirs = model_dirs_by_policy(self.cfg, model_path)
         self.rank, self.world_size = rank, world_size
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.master = (master_addr, master_port)
@@ -65,39 +72,37 @@ class RankWorker:
         cfg = self.cfg
         self._init_distributed()
         self._seed_everything(cfg.trainer.seed)
-        self.tokenizer = load_tokenizer(self.model_path)
-        self.task = build_task(cfg.task, self.tokenizer)
-        self.reward = build_reward_scorer(cfg.reward, self.task)
-        module = load_causal_lm(self.model_path)
+        self.work = build_workload(cfg, self.rank, self.world_size, self.device, self.bf16)
+        self.policies = {pid: self._build_policy(pid, path) for pid, path in self.model_dirs.items()}
+        self.work.build(self.policies, self.model_dirs)
+        self.trained = [*self.policies.values(), *self.work.engines]  # what a checkpoint holds
+        actors = [p.actor for p in self.policies.values()]
+        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
+                "device": str(self.device), "bf16": bool(actors[0].engine.bfloat16_enabled()),
+                "zero_stage": actors[0].zero_stage, "policies": list(self.policies),
+                "parameters": sum(a.total_parameters() for a in actors),
+                "local_parameters": sum(a.local_parameters() for a in actors)}
+
+    def _build_policy(self, pid: str, model_dir: str) -> TrainedPolicy:
+        """Policy `pid`: its tokenizer, its model (LoRA-wrapped when configured) in a
+        DeepSpeed engine, and the rollout engine that samples from it."""
+        cfg = self.cfg
+        tokenizer = load_tokenizer(model_dir)
+        module = load_causal_lm(model_dir)
         if cfg.model.lora.rank:
             from siirl_core.training.lora import apply_lora
             module = apply_lora(module, cfg.model.lora)
-        self.actor = self._build_actor(module)
-        self.policy = TrainedPolicy(actor=self.actor, lr=cfg.trainer.lr, engine_dir="engine", name="policy",
-                                    tokenizer=self.tokenizer, hf_dir="policy")
-        self.trained = [self.policy]
-        self.ref_module = None
-        if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:  # otherwise no reference model at all
-            self.ref_module = load_causal_lm(self.model_path).to(self.device).eval().requires_grad_(False)
-        self.rollout = self._build_rollout()
-        self.critic = None
-        if cfg.algorithm.adv_estimator == "gae":
-            self.critic = self._build_critic()
-            self.trained.append(TrainedEngine(actor=self.critic.actor, lr=cfg.critic.lr, engine_dir="critic"))
-        self.kl_ctrl = build_kl_controller(cfg.algorithm)
-        self.pipeline = resolve_pipeline(cfg)
-        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
-                "device": str(self.device), "bf16": bool(self.actor.engine.bfloat16_enabled()),
-                "zero_stage": self.actor.zero_stage,
-                "parameters": self.actor.total_parameters(), "local_parameters": self.actor.local_parameters()}
+        actor = self._build_actor(pid, module)
+        rollout = build_rollout_engine(cfg, tokenizer, model_dir, cfg.trainer.seed, module=actor.module,
+                                       local_rank=self.local_rank, backend=self.work.rollout_backend)
+        return TrainedPolicy(actor=actor, lr=cfg.policy_lr(pid), name=pid, tokenizer=tokenizer, rollout=rollout,
+                             **self.work.policy_layout(pid))
 
     @property
-    def parts(self) -> RankParts:
+    def parts(self):
         """What this rank's pipeline nodes are given (built afresh for each iteration, so
         an engine replaced on the worker is the one they use)."""
-        return RankParts(cfg=self.cfg, rank=self.rank, world_size=self.world_size, tokenizer=self.tokenizer,
-                         task=self.task, reward=self.reward, actor=self.actor, rollout=self.rollout,
-                         kl_ctrl=self.kl_ctrl, ref_module=self.ref_module, critic=self.critic)
+        return self.work.parts()
 
     def _init_distributed(self) -> None:
         self.backend = init_process_group(self.rank, self.world_size, *self.master, local_rank=self.local_rank,
@@ -122,32 +127,17 @@ class RankWorker:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def _build_actor(self, module):
+    def _build_actor(self, pid: str, module):
         from siirl_core.training.actor import DeepSpeedActor
 
         t = self.cfg.trainer
         return DeepSpeedActor(
-            module, lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
-            total_steps=t.steps * t.ppo_epochs * t.mini_batches, schedule=t.lr_schedule,
+            module, lr=self.cfg.policy_lr(pid), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+            total_steps=self.cfg.policy_optimizer_steps(pid), schedule=t.lr_schedule,
             zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
-            grad_accum=self.cfg.grad_accum(self.world_size), world_size=self.world_size, grad_clip=t.grad_clip,
-            bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps,
-            offload=t.offload)
-
-    def _build_critic(self):
-        from siirl_core.training.critic import Critic
-
-        t = self.cfg.trainer
-        return Critic(self.model_path, init_from_policy=self.cfg.critic.init_from_policy, lr=self.cfg.critic.lr,
-                      zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size,
-                      grad_accum=self.cfg.grad_accum(self.world_size),
-                      world_size=self.world_size, grad_clip=t.grad_clip, bf16=self.bf16,
-                      gradient_checkpointing=t.gradient_checkpointing, max_skipped_steps=t.max_skipped_steps,
-                      offload=t.offload)
-
-    def _build_rollout(self) -> RolloutEngine:
-        return build_rollout_engine(self.cfg, self.tokenizer, self.model_path, self.cfg.trainer.seed,
-                                    module=self.actor.module, local_rank=self.local_rank)
+            grad_accum=self.cfg.policy_grad_accum(pid, self.world_size), world_size=self.world_size,
+            grad_clip=t.grad_clip, bf16=self.bf16, gradient_checkpointing=t.gradient_checkpointing,
+            max_skipped_steps=t.max_skipped_steps, offload=t.offload)
 
     # --- iterations ---------------------------------------------------------
     def run_until(self, step: int) -> dict:
@@ -160,7 +150,7 @@ class RankWorker:
         while self.step < step:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            bag = run_iteration(self.parts, self.step + 1, self.pipeline, self.batch_type)
+            bag = run_iteration(self.parts, self.step + 1, self.work.pipeline, self.work.batch_type)
             if torch.cuda.is_available():  # what the trainer's allocator held at most (vLLM's pool aside)
                 bag.add("perf/gpu_peak_mib", torch.cuda.max_memory_allocated() / 2**20, reduce="max")
             self.step += 1
@@ -177,34 +167,9 @@ class RankWorker:
 
     # --- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict:
-        """Greedy exact-match accuracy on the held-out set (sharded over ranks); with
-        evaluate.during_training, also mean@n, best@n, maj@n and pass@k per data source."""
-        problems = self.task.eval_set()
-        k = math.ceil(len(problems) / self.world_size)
-        mine = problems[self.rank * k:(self.rank + 1) * k]
-        bag = MetricBag()
-        if mine:
-            correct = greedy_correct(self.rollout, self.tokenizer, self.task, mine, self.cfg.rollout.max_new_tokens)
-            bag.add("val/accuracy", correct / len(mine), weight=len(mine))
-        else:
-            bag.add("val/accuracy", 0.0, weight=0.0)
-        if self.cfg.evaluate.during_training:
-            sources = sorted({p.data_source or self.task.name for p in problems})
-            self._sampled_validation(mine, sources, bag)
-        return bag.reduce()
-
-    def _sampled_validation(self, mine: list, sources: list[str], bag: MetricBag) -> None:
-        ev = self.cfg.evaluate
-        sampling = SamplingConfig(n=ev.n, temperature=ev.temperature, top_p=ev.top_p,
-                                  max_new_tokens=self.cfg.rollout.max_new_tokens)
-        results = evaluate_sampled(self.rollout, self.tokenizer, self.task, mine, sampling, ev.pass_k,
-                                   ev.seed * 1_009 + self.rank) if mine else {}
-        # Every rank adds every source's keys (weight 0 where it has none), so the
-        # cross-rank reduction sees the same keys everywhere.
-        for source in sources:
-            scores, count = results.get(source, ({}, 0))
-            for name in [f"mean@{ev.n}", f"best@{ev.n}", f"maj@{ev.n}"] + [f"pass@{k}" for k in ev.pass_k]:
-                bag.add(f"val/{source}/{name}", scores.get(name, 0.0), weight=float(count))
+        """The workload's held-out evaluation (greedy task accuracy, or greedy episodes'
+        success rate), sharded over ranks and reduced."""
+        return self.work.evaluate()
 
     # --- checkpoints --------------------------------------------------------
     def save(self, root_uri: str, metrics: dict) -> str:
@@ -224,7 +189,7 @@ class RankWorker:
             if self.rank == 0:
                 with open(os.path.join(staging, "state.json"), "w") as f:
                     # Prompts are a function of (seed, step): the next step is the data position.
-                    json.dump({"step": self.step, "next_data_step": self.step + 1, **self._run_state()}, f)
+                    json.dump({"step": self.step, "next_data_step": self.step + 1, **self.work.run_state()}, f)
             try:
                 files = ckpt.upload_folder(staging, folder, st.endpoint_url, st.retries,
                                            backoff_s=st.retry_backoff_s)
@@ -256,14 +221,6 @@ class RankWorker:
         paths = [tempfile.gettempdir()] + ([] if is_remote(folder) else [folder])
         problem = ckpt.space_shortage(paths, int(self._save_bytes * 1.1))
         return f"rank {self.rank}: {problem}" if problem else ""
-
-    def _run_state(self) -> dict:
-        """What state.json keeps beside the step: the adaptive KL coefficient moves every
-        step, and a replay must start where it was."""
-        return {"kl_reward_coef": self.kl_ctrl.value}
-
-    def _restore_run_state(self, state: dict) -> None:
-        self.kl_ctrl.value = state.get("kl_reward_coef", self.kl_ctrl.value)
 
     def _stage_models(self, staging: str) -> None:
         """Every engine's state (each rank its shards) and each policy as an HF directory."""
@@ -308,20 +265,21 @@ class RankWorker:
             self._load_models(staging)
             load_rng_state(os.path.join(staging, f"rng_rank{self.rank}.safetensors"))
             with open(os.path.join(staging, "state.json")) as f:
-                self._restore_run_state(json.load(f))
+                self.work.restore_run_state(json.load(f))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._after_restore()
+        for policy in self.policies.values():
+            policy.sync_rollout()
         self.step = step
         return step
 
-    def _after_restore(self) -> None:
-        self.rollout.sync_weights(self.actor.named_weights())
-
     def export(self, out_dir: str) -> str:
-        """The policy as an HF-format directory (loads in transformers and vLLM). Every
-        rank must call it (ZeRO-3 gathers parameters collectively); rank 0 writes."""
-        return self.policy.export(out_dir, self.rank)
+        """Each policy as an HF-format directory (loads in transformers and vLLM): a single
+        policy into out_dir, a team's into out_dir/<policy id>. Every rank must call it
+        (ZeRO-3 gathers parameters collectively); rank 0 writes."""
+        for policy in self.policies.values():
+            policy.export(os.path.join(out_dir, policy.export_subdir), self.rank)
+        return out_dir
 
     def current_step(self) -> int:
         return self.step

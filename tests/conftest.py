@@ -56,7 +56,7 @@ def watch_batches(worker, seen: list | None = None) -> list:
     """Append a pipeline node (as a user's custom node would be) that keeps each
     iteration's batch after every other node ran; returns the list it fills."""
     seen = [] if seen is None else seen
-    worker.pipeline = [*worker.pipeline, lambda _w, batch, _bag: seen.append(batch)]
+    worker.work.pipeline = [*worker.work.pipeline, lambda _w, batch, _bag: seen.append(batch)]
     return seen
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from siirl_core.agents.config_checks import policy_alphabet
-from siirl_core.agents.worker import MultiAgentWorker
+from siirl_core.worker import RankWorker
 from siirl_core.compose import compose_config
 from siirl_core.config import to_dict
 from siirl_core.models import create_tiny_model
@@ -17,12 +17,12 @@ from tests.conftest import _free_port, watch_batches
 pytestmark = pytest.mark.slow
 
 
-def make_worker(tmp_path, overrides: list[str]) -> MultiAgentWorker:
+def make_worker(tmp_path, overrides: list[str]) -> RankWorker:
     cfg = compose_config(overrides)
     paths = {pid: create_tiny_model(str(tmp_path / pid), policy_alphabet(cfg), size=cfg.agents.policy(pid).size,
                                     seed=cfg.trainer.seed + i, init_std=cfg.agents.policy(pid).init_std)
              for i, pid in enumerate(cfg.agents.trained_policies())}
-    worker = MultiAgentWorker(to_dict(cfg), paths, rank=0, world_size=1, master_port=_free_port())
+    worker = RankWorker(to_dict(cfg), paths, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
     return worker
 
@@ -40,7 +40,7 @@ def test_policy_learns_to_exploit_a_biased_opponent(tmp_path):
 
 def test_self_play_trains_both_policies_and_logs_both_sides(tmp_path):
     w = make_worker(tmp_path, ["agents=rps_selfplay"])
-    assert list(w.actors) == ["alice", "bob"] and w.actors["alice"] is not w.actors["bob"]
+    assert list(w.policies) == ["alice", "bob"] and w.policies["alice"].actor is not w.policies["bob"].actor
     for step in range(1, 4):
         m = w.run_until(step)
         assert m["agent/alice/reward/mean"] == pytest.approx(-m["agent/bob/reward/mean"])  # zero-sum
@@ -52,7 +52,7 @@ def test_self_play_trains_both_policies_and_logs_both_sides(tmp_path):
 def test_one_policy_shared_by_speaker_and_listener(tmp_path):
     w = make_worker(tmp_path, ["agents=referential", "agents.agents.0.policy=shared", "agents.agents.1.policy=shared",
                                "~agents.policies.speaker", "~agents.policies.listener", "+agents.policies.shared.init=base"])
-    assert list(w.actors) == ["shared"]
+    assert list(w.policies) == ["shared"]
     m = w.run_until(2)
     # Both agents' turns train the one engine: 16 starts x 16 episodes x 2 turns.
     assert m["perf/rollout_tokens"] == 512
@@ -61,11 +61,11 @@ def test_one_policy_shared_by_speaker_and_listener(tmp_path):
 
 def test_alternating_schedule_updates_one_policy_per_step(tmp_path):
     w = make_worker(tmp_path, ["agents=rps_selfplay", "agents.schedule=alternating"])
-    params = {pid: [p.detach().clone() for p in a.module.parameters()] for pid, a in w.actors.items()}
+    params = {pid: [p.detach().clone() for p in pol.actor.module.parameters()] for pid, pol in w.policies.items()}
     m = w.run_until(1)
     assert "policy/alice/updated" in m and "policy/bob/updated" not in m
-    moved = {pid: any((p != q).any() for p, q in zip(a.module.parameters(), params[pid]))
-             for pid, a in w.actors.items()}
+    moved = {pid: any((p != q).any() for p, q in zip(pol.actor.module.parameters(), params[pid]))
+             for pid, pol in w.policies.items()}
     assert moved == {"alice": True, "bob": False}
     assert "policy/bob/updated" in w.run_until(2)
 
@@ -73,7 +73,7 @@ def test_alternating_schedule_updates_one_policy_per_step(tmp_path):
 def test_debate_rounds_with_policies_of_different_sizes(tmp_path):
     w = make_worker(tmp_path, ["agents=rps_selfplay", "agents.graph=rounds", "agents.rounds=2",
                                "+agents.policies.bob.size=mini", "agents.agents.1.template='M{history}:'"])
-    assert w.actors["bob"].total_parameters() > w.actors["alice"].total_parameters()
+    assert w.policies["bob"].actor.total_parameters() > w.policies["alice"].actor.total_parameters()
     seen = watch_batches(w)
     m = w.run_until(1)
     assert m["perf/rollout_tokens"] == 16 * 8 * 2 * 2  # starts x episodes x rounds x agents, one token each
@@ -86,7 +86,7 @@ def test_debate_rounds_with_policies_of_different_sizes(tmp_path):
 
 def speaker_distributions(w) -> dict[str, list[float]]:
     """The speaker's message distribution for each symbol, by a plain forward pass."""
-    tok, module = w.policies["speaker"].tokenizer, w.actors["speaker"].module
+    tok, module = w.policies["speaker"].tokenizer, w.policies["speaker"].actor.module
     ids = [tok.convert_tokens_to_ids(c) for c in w.cfg.agents.agents[0].allowed]
     with torch.no_grad():
         return {s: torch.softmax(module(input_ids=torch.tensor([tok(f"S{s}:")["input_ids"]])).logits[0, -1, ids],

@@ -12,7 +12,8 @@ from siirl_core.batch import IterationBatch
 from siirl_core.compose import compose_config
 from siirl_core.config import ConfigError, to_dict
 from siirl_core.pipeline import resolve_pipeline
-from siirl_core.worker import RankWorker, build_kl_controller
+from siirl_core.worker import RankWorker
+from siirl_core.workload import build_kl_controller
 from tests.conftest import _free_port, watch_batches
 
 
@@ -23,7 +24,7 @@ def algo_worker(warm_model, rank_worker):  # rank_worker first: it owns the proc
                           "algorithm.kl_target=0.01", "algorithm.kl_horizon=100"])
     worker = RankWorker(to_dict(cfg), warm_model, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
-    worker.warm_weights = {k: v.clone() for k, v in worker.actor.module.state_dict().items()}
+    worker.warm_weights = {k: v.clone() for k, v in worker.parts.actor.module.state_dict().items()}
     return worker
 
 
@@ -32,12 +33,12 @@ def _run_one(worker, iterations: int = 1, seen: list | None = None, **algorithm)
     how far the weights moved. `seen` (when given) receives each iteration's context."""
     for k, v in algorithm.items():
         setattr(worker.cfg.algorithm, k, v)
-    worker.pipeline = resolve_pipeline(worker.cfg)
+    worker.work.pipeline = resolve_pipeline(worker.cfg)
     if seen is not None:
         watch_batches(worker, seen)
-    before = {n: p.detach().clone() for n, p in worker.actor.module.named_parameters()}
+    before = {n: p.detach().clone() for n, p in worker.parts.actor.module.named_parameters()}
     metrics = worker.run_until(worker.step + iterations)
-    moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.actor.module.named_parameters())
+    moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.parts.actor.module.named_parameters())
     return metrics, moved
 
 
@@ -61,7 +62,7 @@ def test_each_policy_loss_updates_with_finite_loss(algo_worker, loss):
 
 
 def test_kl_in_reward_steers_its_coefficient(algo_worker):
-    algo_worker.kl_ctrl = build_kl_controller(algo_worker.cfg.algorithm)
+    algo_worker.work.kl_ctrl = build_kl_controller(algo_worker.cfg.algorithm)
     first, _ = _run_one(algo_worker, adv_estimator="reinforce_plus_plus", policy_loss="vanilla")
     second, _ = _run_one(algo_worker, adv_estimator="reinforce_plus_plus")
     assert first["actor/reward_kl_coef"] == pytest.approx(0.001)
@@ -103,7 +104,7 @@ def test_user_node_in_the_pipeline(algo_worker, tmp_path):
 def test_dynamic_sampling_keeps_only_informative_groups(algo_worker):
     # From the warm start: after the tests before it (lr 1e-3, one of them rewarding wrong
     # answers) the policy may be too sure of itself to give 8 informative groups in 8 rounds.
-    algo_worker.actor.module.load_state_dict(algo_worker.warm_weights)
+    algo_worker.parts.actor.module.load_state_dict(algo_worker.warm_weights)
     seen: list = []
     try:
         m, moved = _run_one(algo_worker, seen=seen, adv_estimator="grpo", policy_loss="vanilla", dynamic_sampling=True,
@@ -122,12 +123,12 @@ def test_dynamic_sampling_keeps_only_informative_groups(algo_worker):
 def test_dynamic_sampling_stops_at_its_bound_and_says_so(algo_worker, caplog):
     # A constant reward makes every group uninformative: the bound must stop the search.
     nodes = ["dynamic_sampling", "old_logprobs", "ref_logprobs", "advantage", "update", "sync"]
-    algo_worker.reward.fn, real = (lambda *a, **k: 0.5), algo_worker.reward.fn
+    algo_worker.work.reward.fn, real = (lambda *a, **k: 0.5), algo_worker.work.reward.fn
     try:
         with caplog.at_level("WARNING", logger="siirl.pipeline"):
             m, _ = _run_one(algo_worker, dynamic_sampling=True, max_sampling_rounds=2, pipeline=nodes)
     finally:
-        algo_worker.reward.fn = real
+        algo_worker.work.reward.fn = real
         _reset(algo_worker)
     assert m["dapo/batch_filled"] == 0.0 and m["dapo/sampling_rounds"] == 2 and m["dapo/kept_group_frac"] == 0
     assert "only 0 of 8 groups had differing rewards after 2 rounds" in caplog.text
@@ -142,21 +143,21 @@ def kept_group_rewards(batch) -> list[torch.Tensor]:
 def _reset(worker) -> None:
     for k, v in {"dynamic_sampling": False, "overlong_buffer": 0, "clip_ratio_high": 0.2, "pipeline": []}.items():
         setattr(worker.cfg.algorithm, k, v)
-    worker.pipeline = resolve_pipeline(worker.cfg)
+    worker.work.pipeline = resolve_pipeline(worker.cfg)
 
 
 def test_ppo_with_a_critic_updates_policy_and_values(algo_worker):
-    algo_worker.critic = algo_worker._build_critic()
-    critic_before = {n: p.detach().clone() for n, p in algo_worker.critic.actor.module.named_parameters()}
+    algo_worker.work.critic = algo_worker.work.build_critic(algo_worker.model_dirs["policy"])
+    critic_before = {n: p.detach().clone() for n, p in algo_worker.work.critic.actor.module.named_parameters()}
     try:
         m, moved = _run_one(algo_worker, adv_estimator="gae", lam=0.95)
     finally:
         algo_worker.cfg.algorithm.adv_estimator = "grpo"
-        algo_worker.pipeline = resolve_pipeline(algo_worker.cfg)
+        algo_worker.work.pipeline = resolve_pipeline(algo_worker.cfg)
     assert "timing_s/critic_update" in m and math.isfinite(m["critic/vf_loss"]) and moved > 0
     assert 0 <= m["critic/vf_clipfrac"] <= 1
     critic_moved = max((p.detach() - critic_before[n]).abs().max().item()
-                       for n, p in algo_worker.critic.actor.module.named_parameters())
+                       for n, p in algo_worker.work.critic.actor.module.named_parameters())
     assert critic_moved > 0
 
 
@@ -186,9 +187,9 @@ def test_on_policy_update_reuses_its_forward_as_the_old_logprobs(algo_worker):
     batch = IterationBatch(step=algo_worker.step + 1)
     node_rollout(algo_worker.parts, batch, MetricBag())
     t = batch.tensors
-    separate = compute_logprobs(algo_worker.actor.module, t.input_ids, t.attention_mask, t.response_len,
+    separate = compute_logprobs(algo_worker.parts.actor.module, t.input_ids, t.attention_mask, t.response_len,
                                 MicroBatching(64))
-    logits = response_logits(algo_worker.actor.engine, t.input_ids, t.attention_mask, t.response_len)
+    logits = response_logits(algo_worker.parts.actor.engine, t.input_ids, t.attention_mask, t.response_len)
     in_update = logprobs_from_logits(logits, t.input_ids[:, -t.response_len:]).detach()
     mask = t.response_mask
     torch.testing.assert_close(in_update * mask, separate * mask, rtol=0, atol=1e-5)
@@ -199,8 +200,8 @@ def test_nan_rewards_stop_the_run_before_any_weight_turns_nan(algo_worker):
     reward.max_error_batches iterations with more than max_error_rate failing, stops."""
     from siirl_core.rewards import RewardError, RewardScorer
 
-    real, cfg = algo_worker.reward, algo_worker.cfg.reward
-    algo_worker.reward = RewardScorer(lambda *a: float("nan"), "nan_reward", {}, False, 5.0, "score", 0.0,
+    real, cfg = algo_worker.work.reward, algo_worker.cfg.reward
+    algo_worker.work.reward = RewardScorer(lambda *a: float("nan"), "nan_reward", {}, False, 5.0, "score", 0.0,
                                       cfg.max_error_rate, cfg.max_error_batches)
     start = algo_worker.step
     try:
@@ -208,9 +209,9 @@ def test_nan_rewards_stop_the_run_before_any_weight_turns_nan(algo_worker):
                                               r"reward.max_error_rate=0.5, in 3 batches in a row.*returned nan"):
             _run_one(algo_worker, iterations=5, adv_estimator="grpo")  # one reward batch per iteration
     finally:
-        algo_worker.reward = real
+        algo_worker.work.reward = real
     assert algo_worker.step == start + 2  # the third iteration stopped in its reward node
-    assert all(torch.isfinite(p).all() for p in algo_worker.actor.module.parameters())
+    assert all(torch.isfinite(p).all() for p in algo_worker.parts.actor.module.parameters())
 
 
 def test_nan_advantages_skip_their_step_and_too_many_in_a_row_stop_the_run(algo_worker, tmp_path):
@@ -234,13 +235,13 @@ def test_nan_advantages_skip_their_step_and_too_many_in_a_row_stop_the_run(algo_
                               f"{path}:nan_advantages", "update", "sync"]
 
     def weights() -> dict:
-        return {n: p.detach().clone() for n, p in algo_worker.actor.module.named_parameters()}
+        return {n: p.detach().clone() for n, p in algo_worker.parts.actor.module.named_parameters()}
 
     def same(a: dict, b: dict) -> bool:
         return all(torch.equal(a[n], b[n]) for n in a)
 
     try:
-        algo_worker.pipeline = resolve_pipeline(cfg)
+        algo_worker.work.pipeline = resolve_pipeline(cfg)
         before = weights()
         skipped = algo_worker.run_until(s0 + 1)
         assert skipped["actor/skipped_steps"] == 1 and not math.isfinite(skipped["actor/grad_norm"])
@@ -256,7 +257,7 @@ def test_nan_advantages_skip_their_step_and_too_many_in_a_row_stop_the_run(algo_
             algo_worker.run_until(s0 + 6)
     finally:
         cfg.algorithm.pipeline = []
-        algo_worker.pipeline = resolve_pipeline(cfg)
+        algo_worker.work.pipeline = resolve_pipeline(cfg)
     assert algo_worker.step == s0 + 5
     after = weights()
     assert same(good, after)

@@ -124,6 +124,28 @@ def test_derived_numbers_by_hand():
     assert agents.policy_lr("speaker") == 1e-4 and agents.policy_lr("listener") == agents.trainer.lr
 
 
+def test_each_policy_a_rank_trains_by_hand():
+    """A single-agent run is the one-policy case: one id, trainer.lr, every mini-batch of
+    every epoch an optimizer step."""
+    cfg = compose_config(["trainer.steps=10", "trainer.ppo_epochs=2", "trainer.mini_batches=3", "trainer.lr=5e-4",
+                          "trainer.prompts_per_step=12", "rollout.n=4", "trainer.micro_batch_size=4"])
+    assert cfg.policy_ids() == ["policy"] and cfg.policy_lr("policy") == 5e-4
+    assert cfg.policy_optimizer_steps("policy") == 10 * 2 * 3
+    assert cfg.policy_grad_accum("policy", world_size=2) == 12 // 2 * 4 // 3 // 4 == 2
+    # Two policies taking turns for 2 rounds: 2 turns each per episode; 16 starts x 8
+    # episodes / 2 ranks x 2 turns = 128 rows, 16 micro-batches of 8; alternating: each
+    # policy updates on every second of 9 steps, the first 5 of them.
+    team = compose_config(["agents=rps_selfplay", "agents.graph=rounds", "agents.rounds=2",
+                           "agents.schedule=alternating", "trainer.steps=9", "rollout.n=8",
+                           "trainer.micro_batch_size=8", "++agents.policies.bob.lr=3e-4"])
+    assert team.policy_ids() == ["alice", "bob"]
+    assert (team.policy_lr("alice"), team.policy_lr("bob")) == (1e-3, 3e-4)
+    assert team.agents.turns_per_episode("bob") == 2
+    assert team.policy_grad_accum("bob", world_size=2) == 16
+    assert team.policy_optimizer_steps("alice") == 5
+    assert compose_config(["agents=rps_selfplay", "trainer.steps=9"]).policy_optimizer_steps("bob") == 9
+
+
 def test_derived_settings_for_the_start_log_by_hand():
     cfg = compose_config(["trainer.prompts_per_step=12", "rollout.n=4", "cluster.n_workers=2",
                           "trainer.micro_batch_size=5", "trainer.mini_batches=2", "trainer.ppo_epochs=3",

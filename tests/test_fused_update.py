@@ -106,14 +106,14 @@ def _counting_worker(warm_model, mode):
     worker = RankWorker(to_dict(cfg), warm_model, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
     calls = []
-    worker.actor.module.register_forward_pre_hook(lambda *_: calls.append(1))
+    worker.parts.actor.module.register_forward_pre_hook(lambda *_: calls.append(1))
     return worker, calls
 
 
 def test_fused_update_takes_the_same_step_without_a_forward_pass(warm_model, rank_worker):
     fused, fused_calls = _counting_worker(warm_model, "on")
     plain, plain_calls = _counting_worker(warm_model, "off")
-    before = {n: p.detach().clone() for n, p in plain.actor.module.named_parameters()}
+    before = {n: p.detach().clone() for n, p in plain.parts.actor.module.named_parameters()}
     fused_seen, plain_seen = watch_batches(fused), watch_batches(plain)
     m_fused, m_plain = fused.run_until(1), plain.run_until(1)
     # Same samples, one forward pass fewer (the update's), the same loss and step.
@@ -122,7 +122,7 @@ def test_fused_update_takes_the_same_step_without_a_forward_pass(warm_model, ran
     assert fused_seen[-1].rollout_logits is None  # the graph is released after the update
     for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "reward/mean"):
         assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
-    plain_w, fused_w = dict(plain.actor.module.named_parameters()), dict(fused.actor.module.named_parameters())
+    plain_w, fused_w = dict(plain.parts.actor.module.named_parameters()), dict(fused.parts.actor.module.named_parameters())
     step = max((plain_w[n].detach() - before[n]).abs().max().item() for n in before)
     apart = max((fused_w[n].detach() - plain_w[n].detach()).abs().max().item() for n in before)
     # Adam's first step is ~lr per weight whatever the gradient's size, so float rounding

@@ -12,7 +12,7 @@ from siirl_core.batch import IterationBatch
 from siirl_core.compose import compose_config
 from siirl_core.metrics import MetricBag
 from siirl_core.pipeline import node_advantage
-from siirl_core.worker import build_kl_controller
+from siirl_core.workload import build_kl_controller
 
 MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
 # k1 KL per token is log p - log p_ref; padding carries values that must not count.

@@ -52,13 +52,13 @@ def _lora_worker(path: str):
 
 def test_only_adapters_train_and_a_restore_gives_them_back(warm_model, rank_worker, tmp_path):
     worker = _lora_worker(warm_model)
-    adapters = {n for n, p in worker.actor.module.named_parameters() if p.requires_grad}
+    adapters = {n for n, p in worker.parts.actor.module.named_parameters() if p.requires_grad}
     assert adapters and all(".lora_" in n for n in adapters)
-    in_optimizer = sum(p.numel() for g in worker.actor.optimizer.param_groups for p in g["params"])
-    assert in_optimizer == sum(p.numel() for n, p in worker.actor.module.named_parameters() if n in adapters)
-    before = {k: v.clone() for k, v in worker.actor.module.state_dict().items()}
+    in_optimizer = sum(p.numel() for g in worker.parts.actor.optimizer.param_groups for p in g["params"])
+    assert in_optimizer == sum(p.numel() for n, p in worker.parts.actor.module.named_parameters() if n in adapters)
+    before = {k: v.clone() for k, v in worker.parts.actor.module.state_dict().items()}
     worker.run_until(2)
-    after = worker.actor.module.state_dict()
+    after = worker.parts.actor.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if ".lora_" not in k)  # the base is frozen
     assert any(not torch.equal(before[k], after[k]) for k in before if ".lora_B" in k)
 
@@ -68,7 +68,7 @@ def test_only_adapters_train_and_a_restore_gives_them_back(warm_model, rank_work
     assert os.path.getsize(engine_file) < 0.25 * os.path.getsize(weights_file)  # adapters and their Adam state
     fresh = _lora_worker(warm_model)
     fresh.restore(folder, 2)
-    restored = fresh.actor.module.state_dict()
+    restored = fresh.parts.actor.module.state_dict()
     assert all(torch.equal(after[k], restored[k]) for k in after)
     m_resumed, m_original = fresh.run_until(3), worker.run_until(3)
     for key in ("actor/pg_loss", "actor/grad_norm", "reward/mean", "actor/entropy"):
@@ -80,7 +80,7 @@ def test_only_adapters_train_and_a_restore_gives_them_back(warm_model, rank_work
     assert not any("lora" in k for k in plain.state_dict())
     ids = torch.randint(4, plain.config.vocab_size, (2, 7))
     with torch.no_grad():
-        assert torch.allclose(plain(input_ids=ids).logits, worker.actor.module(input_ids=ids).logits, atol=1e-5)
+        assert torch.allclose(plain(input_ids=ids).logits, worker.parts.actor.module(input_ids=ids).logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("override, message", [

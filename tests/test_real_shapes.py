@@ -76,12 +76,12 @@ def test_a_rank_trains_the_real_shape_with_checkpointing(smollm_shape, rank_work
                           "algorithm.entropy_coef=0.01"])
     worker = RankWorker(to_dict(cfg), smollm_shape, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
-    before = {n: p.detach().clone() for n, p in worker.actor.module.named_parameters()}
+    before = {n: p.detach().clone() for n, p in worker.parts.actor.module.named_parameters()}
     m = worker.run_until(1)
     assert m["response/length_mean"] == 256 and m["perf/fused_update"] == 0  # checkpointing rules it out
-    moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.actor.module.named_parameters())
+    moved = max((p.detach() - before[n]).abs().max().item() for n, p in worker.parts.actor.module.named_parameters())
     assert moved > 0 and m["actor/grad_norm"] > 0
-    assert worker.rollout.max_positions == 2048  # the shape's 8192 positions, capped
+    assert worker.parts.rollout.max_positions == 2048  # the shape's 8192 positions, capped
 
 
 def test_a_response_that_does_not_fit_the_context_is_refused_before_loading(monkeypatch):

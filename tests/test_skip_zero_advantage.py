@@ -34,7 +34,7 @@ def _worker(warm_model, skip: bool, fused: str):
     worker = RankWorker(to_dict(cfg), warm_model, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
     rows = []  # batch rows of every forward pass through the whole model (the update's)
-    worker.actor.module.register_forward_pre_hook(lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]),
+    worker.parts.actor.module.register_forward_pre_hook(lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]),
                                                   with_kwargs=True)
     return worker, rows
 
@@ -43,7 +43,7 @@ def _worker(warm_model, skip: bool, fused: str):
 def test_leaving_zero_advantage_rows_out_takes_the_same_step(warm_model, rank_worker, fused):
     skip, skip_rows = _worker(warm_model, True, fused)
     every, every_rows = _worker(warm_model, False, fused)
-    before = {n: p.detach().clone() for n, p in every.actor.module.named_parameters()}
+    before = {n: p.detach().clone() for n, p in every.parts.actor.module.named_parameters()}
     skip_seen, every_seen = watch_batches(skip), watch_batches(every)
     m_skip, m_every = skip.run_until(1), every.run_until(1)
     assert skip_seen[-1].rollout.response_ids == every_seen[-1].rollout.response_ids
@@ -61,7 +61,7 @@ def test_leaving_zero_advantage_rows_out_takes_the_same_step(warm_model, rank_wo
     for key in ("actor/pg_loss", "actor/grad_norm", "reward/mean", "actor/clipfrac", "actor/ratio_mean"):
         assert m_skip[key] == pytest.approx(m_every[key], rel=1e-4, abs=1e-6), key
     assert m_skip["perf/train_tokens"] < m_every["perf/train_tokens"] or fused == "auto"
-    skip_w, every_w = dict(skip.actor.module.named_parameters()), dict(every.actor.module.named_parameters())
+    skip_w, every_w = dict(skip.parts.actor.module.named_parameters()), dict(every.parts.actor.module.named_parameters())
     step = max((every_w[n].detach() - before[n]).abs().max().item() for n in before)
     apart = max((skip_w[n].detach() - every_w[n].detach()).abs().max().item() for n in before)
     assert step > 5e-4 and apart < 0.05 * step  # see test_fused_update: Adam's first step amplifies rounding

@@ -23,7 +23,7 @@ def kl_worker(warm_model, rank_worker):  # rank_worker first: it owns the proces
 
 
 def test_kl_entropy_epochs_and_minibatches(kl_worker):
-    assert kl_worker.ref_module is not None  # kl_coef > 0 loads the frozen reference
+    assert kl_worker.work.ref_module is not None  # kl_coef > 0 loads the frozen reference
     first = kl_worker.run_until(1)
     second = kl_worker.run_until(2)
     # Step 1 starts at the reference: KL is 0 on the first mini-batch, > 0 once updated.
@@ -34,8 +34,8 @@ def test_kl_entropy_epochs_and_minibatches(kl_worker):
     assert second["actor/entropy"] > 0
     # Warm-up over 8 optimizer steps; 2 epochs x 2 mini-batches = 4 per iteration: 5/8 then 1.
     assert first["actor/lr"] == pytest.approx(5e-4 * 1.25) and second["actor/lr"] == pytest.approx(1e-3)
-    ref = dict(kl_worker.ref_module.named_parameters())
-    moved = max((p.detach() - ref[n]).abs().max().item() for n, p in kl_worker.actor.module.named_parameters())
+    ref = dict(kl_worker.work.ref_module.named_parameters())
+    moved = max((p.detach() - ref[n]).abs().max().item() for n, p in kl_worker.parts.actor.module.named_parameters())
     assert moved > 0
 
 

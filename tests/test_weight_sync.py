@@ -15,17 +15,17 @@ def _greedy(engine, prompts):
 
 def test_vllm_matches_transformers_after_update(rank_worker, warm_model, tmp_path):
     w = rank_worker
-    before = {k: v.clone() for k, v in w.actor.named_weights()}
+    before = {k: v.clone() for k, v in w.parts.actor.named_weights()}
     w.run_until(w.step + 1)  # rollout, GRPO update (lr 1e-3), sync
-    after = dict(w.actor.named_weights())
+    after = dict(w.parts.actor.named_weights())
     changed = max((after[k] - before[k]).abs().max().item() for k in before)
     assert changed > 1e-4, "the update did not change the weights"
 
-    tok = w.tokenizer
+    tok = w.parts.tokenizer
     prompts = [tok(p.prompt)["input_ids"] for p in ArithmeticTask().eval_set()[:64]]
-    updated = copy.deepcopy(w.actor.module).eval()
+    updated = copy.deepcopy(w.parts.actor.module).eval()
     hf = HFRollout(updated, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    vllm_out = _greedy(w.rollout, prompts)
+    vllm_out = _greedy(w.parts.rollout, prompts)
     assert vllm_out == _greedy(hf, prompts)
     exported = w.export(str(tmp_path / "policy"))
     reloaded = HFRollout(load_causal_lm(exported).eval(), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
@@ -44,7 +44,7 @@ def test_rollout_logprobs_match_trainer(rank_worker):
     batch = IterationBatch(step=rank_worker.step + 1)
     node_rollout(rank_worker.parts, batch, bag)
     t = batch.tensors
-    trainer_lp = compute_logprobs(rank_worker.actor.module, t.input_ids, t.attention_mask, t.response_len,
+    trainer_lp = compute_logprobs(rank_worker.parts.actor.module, t.input_ids, t.attention_mask, t.response_len,
                                   MicroBatching(64))
     weights = _record_mismatch(rank_worker.parts, trainer_lp, t.rollout_log_probs, t.response_mask, bag)
     assert bag.local()["rollout/logprob_abs_diff"] < 1e-3
@@ -61,12 +61,12 @@ def test_vllm_and_transformers_restrict_sampling_alike(rank_worker):
     backends: vLLM samples only those tokens, and its greedy choice among them is the
     transformers engine's."""
     w = rank_worker
-    tok = w.tokenizer
+    tok = w.parts.tokenizer
     allowed = tuple(tok.convert_tokens_to_ids(c) for c in "13579")
     prompts = [tok(p.prompt)["input_ids"] for p in ArithmeticTask().eval_set()[:32]]
-    sampled = w.rollout.generate(prompts, SamplingConfig(n=4, max_new_tokens=4, allowed_token_ids=allowed), seed=1)
+    sampled = w.parts.rollout.generate(prompts, SamplingConfig(n=4, max_new_tokens=4, allowed_token_ids=allowed), seed=1)
     tokens = {t for r in sampled.response_ids for t in r}
     assert tokens <= set(allowed) and len(tokens) > 1
     greedy = SamplingConfig(n=1, greedy=True, max_new_tokens=4, allowed_token_ids=allowed)
-    hf = HFRollout(copy.deepcopy(w.actor.module).eval(), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    assert w.rollout.generate(prompts, greedy, seed=0).response_ids == hf.generate(prompts, greedy, seed=0).response_ids
+    hf = HFRollout(copy.deepcopy(w.parts.actor.module).eval(), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    assert w.parts.rollout.generate(prompts, greedy, seed=0).response_ids == hf.generate(prompts, greedy, seed=0).response_ids

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from siirl_core.rollout.base import RolloutEngine, SamplingConfig
+from siirl_core.rollout.base import SamplingConfig
 
 MASKED = -1e4  # finite: exp() underflows to 0 and 0 * logit stays 0 in the entropy
 
@@ -84,19 +84,11 @@ def restrict(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return logits.masked_fill(~mask, MASKED)
 
 
-@dataclass
-class Policy:
-    """What an episode needs of a policy: the rollout engine that samples from it and its
-    tokenizer."""
-
-    engine: RolloutEngine
-    tokenizer: object
-
-
-def run_episodes(env, starts: list, n: int, agents: list, graph: str, rounds: int, policies: dict[str, Policy],
+def run_episodes(env, starts: list, n: int, agents: list, graph: str, rounds: int, policies: dict,
                  seed: int, greedy: bool = False) -> tuple[list[Turn], list[list[tuple[str, str]]]]:
-    """n episodes per start (episode e plays starts[e // n]). Returns every sampled turn
-    and each episode's transcript of (agent, message)."""
+    """n episodes per start (episode e plays starts[e // n]), each policy (policy id ->
+    anything with `.rollout` and `.tokenizer`, e.g. a policy.TrainedPolicy) sampling its
+    agents' turns. Returns every sampled turn and each episode's transcript of (agent, message)."""
     episodes = [starts[e // n] for e in range(len(starts) * n)]
     transcripts: list[list[tuple[str, str]]] = [[] for _ in episodes]
     turns: list[Turn] = []
@@ -113,7 +105,7 @@ def run_episodes(env, starts: list, n: int, agents: list, graph: str, rounds: in
                    for e, start in enumerate(episodes)]
         sampling = SamplingConfig(n=1, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens,
                                   greedy=greedy, allowed_token_ids=allowed_ids(tok, spec.allowed))
-        rb = pol.engine.generate(prompts, sampling, seed * 1_009 + k)  # one draw stream per turn of the schedule
+        rb = pol.rollout.generate(prompts, sampling, seed * 1_009 + k)  # one draw stream per turn of the schedule
         for e, (p, r, lp, finished) in enumerate(zip(prompts, rb.response_ids, rb.response_logprobs, rb.finished)):
             turns.append(Turn(e, spec.name, spec.policy, p, r, lp, finished))
             transcripts[e].append((spec.name, tok.decode(r, skip_special_tokens=True)))

@@ -75,7 +75,7 @@ def node_credit(parts, b: EpisodeBatch, bag):
 
 
 def policies_to_update(parts, step: int) -> list[str]:
-    trainable = list(parts.actors)
+    trainable = list(parts.policies)
     if parts.cfg.agents.schedule == "alternating":
         return [trainable[(step - 1) % len(trainable)]]
     return trainable
@@ -95,7 +95,7 @@ def node_update(parts, b: EpisodeBatch, bag):
 def _row_masks(parts, pid: str, turns: list) -> torch.Tensor:
     """Each turn's action mask [B, V] (all True for agents without one)."""
     tok = parts.policies[pid].tokenizer
-    vocab = parts.actors[pid].module.config.vocab_size
+    vocab = parts.policies[pid].actor.module.config.vocab_size
     by_agent = {a.name: allowed_mask(tok, a.allowed, vocab) for a in parts.cfg.agents.agents if a.policy == pid}
     full = torch.ones(vocab, dtype=torch.bool)
     return torch.stack([by_agent[t.agent] if by_agent[t.agent] is not None else full for t in turns])
@@ -103,7 +103,7 @@ def _row_masks(parts, pid: str, turns: list) -> torch.Tensor:
 
 def update_policy(parts, pid: str, turns: list, advantages: torch.Tensor, bag: MetricBag) -> int:
     """One on-policy step of policy `pid` on its agents' turns (advantage per turn)."""
-    actor, tok = parts.actors[pid], parts.policies[pid].tokenizer
+    actor, tok = parts.policies[pid].actor, parts.policies[pid].tokenizer
     rb = RolloutBatch([t.prompt_ids for t in turns], [t.response_ids for t in turns], [t.logprobs for t in turns],
                       [t.finished for t in turns], [t.episode for t in turns])
     t = pad_rollout(rb, tok.pad_token_id)

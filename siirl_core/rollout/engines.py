@@ -10,12 +10,12 @@ from siirl_core.rollout.base import RolloutEngine
 
 
 def build_rollout_engine(cfg, tokenizer, model_dir: str, seed: int, module: torch.nn.Module | None = None,
-                         local_rank: int = 0) -> RolloutEngine:
-    """rollout.backend=vllm: a vLLM engine loading `model_dir` (on CPU, pinned to this
-    rank's share of the cores). hf: sampling with `module` (the trainer's own model, so
-    weight sync is free), or with `model_dir` loaded when no module is given."""
+                         local_rank: int = 0, backend: str | None = None) -> RolloutEngine:
+    """rollout.backend (or `backend`) vllm: a vLLM engine loading `model_dir` (on CPU,
+    pinned to this rank's share of the cores). hf: sampling with `module` (the trainer's
+    own model, so weight sync is free), or with `model_dir` loaded when no module is given."""
     r = cfg.rollout
-    if r.backend == "vllm":
+    if (backend or r.backend) == "vllm":
         from siirl_core.distributed import cpu_cores_for
         from siirl_core.rollout.vllm_engine import VLLMRollout
 
