@@ -113,6 +113,16 @@ def _record_driver_traffic(group, client, run_dir: str) -> None:
         json.dump({"calls": calls, "keys_in_cluster_memory": len(client.who_has())}, f, indent=1)
 
 
+def _precision(info: dict) -> str:
+    """A rank's precision in words, for the start log."""
+    if info["bf16"]:
+        return "bf16 (DeepSpeed)"
+    if info["bf16_autocast"]:
+        native = "native" if info["native_bf16_cpu"] else "emulated: this CPU has no AVX512-BF16 or AMX, fp32 is faster"
+        return f"fp32 weights, bf16 autocast ({native})"
+    return "fp32"
+
+
 def run_training(overrides: list[str]) -> dict:
     """The training run itself, inside whichever flow calls it, holding its run folder's
     lock (flows/run_lock.py) from start to end."""
@@ -143,9 +153,8 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
         record_ranks(group, run_dir)
         logger.info("derived settings: %s", cfg.derived())
         for i in group.info:
-            logger.info("rank %d: pid %d on %s, %d of %d parameters held locally%s", i["rank"], i["pid"], i["host"],
-                        i["local_parameters"], i["parameters"],
-                        f", ZeRO stage {i['zero_stage']}" if "zero_stage" in i else "")
+            logger.info("rank %d: pid %d on %s, %d of %d parameters held locally, ZeRO stage %d, %s", i["rank"],
+                        i["pid"], i["host"], i["local_parameters"], i["parameters"], i["zero_stage"], _precision(i))
         start = restore_checkpoint(group, cfg, candidates)
         trackers = build_trackers(cfg, run_dir, start, flow_run.name)
         sinks = MetricSinks(run_dir, resumed_from=start, also=tuple(trackers))

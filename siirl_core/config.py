@@ -184,6 +184,11 @@ class TrainerConfig:
     # recompute the rest during the backward pass: activation memory of one layer instead
     # of all, for about one more forward pass of compute (the same gradients).
     gradient_checkpointing: bool = False
+    # auto: bf16 on GPUs (DeepSpeed's bf16 mode), fp32 on CPUs. bf16 on a CPU: weights,
+    # gradients and optimizer state stay fp32, the forward and backward passes (rollout,
+    # log-probs, update) run in bf16 under torch.autocast, fast where the CPU has
+    # AVX512-BF16 or AMX; vLLM then samples with bf16 weights. fp32: fp32 everywhere.
+    precision: str = "auto"
     zero_stage: int = 2
     # GPUs: keep ZeRO's optimizer state (optimizer, stages 1-3) or also the parameters
     # (all, stage 3) in CPU memory, stepped there (DeepSpeed's offload_optimizer /

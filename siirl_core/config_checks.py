@@ -21,6 +21,7 @@ def _validate_offload(cfg) -> None:
     a GPU refuses them when it builds its engines)."""
     t = cfg.trainer
     _one_of("trainer.offload", t.offload, {"none", "optimizer", "all"})
+    _one_of("trainer.precision", t.precision, {"auto", "fp32", "bf16"})
     if t.offload == "optimizer" and t.zero_stage == 0:
         raise ConfigError("trainer.offload=optimizer moves ZeRO's optimizer state to CPU memory: it needs "
                           "trainer.zero_stage 1, 2 or 3 (got 0)")

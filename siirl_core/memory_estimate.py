@@ -45,7 +45,7 @@ def estimate(cfg, parameters: int) -> dict[str, float]:
     if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward:
         parts["reference model"] = FP32 * parameters * ranks
     if cfg.rollout.backend == "vllm":
-        parts["vLLM weights"] = FP32 * parameters * ranks
+        parts["vLLM weights"] = (2 if cfg.trainer.precision == "bf16" else FP32) * parameters * ranks
         parts["vLLM KV cache"] = cfg.rollout.kv_cache_gib * GIB * ranks
     if cfg.algorithm.adv_estimator == "gae":
         parts["critic (weights, gradients, Adam)"] = 4 * FP32 * parameters * ranks

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from siirl_core import checkpoint as ckpt
+from siirl_core import precision
 from siirl_core.config import SINGLE_POLICY, SiirlConfig, from_dict, to_dict
 from siirl_core.distributed import all_gather, barrier, init_process_group, rank_device
 from siirl_core.metrics import MetricBag
@@ -79,6 +80,8 @@ class RankWorker:
         actors = [p.actor for p in self.policies.values()]
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "backend": self.backend,
                 "device": str(self.device), "bf16": bool(actors[0].engine.bfloat16_enabled()),
+                "bf16_autocast": precision.cpu_autocast(cfg.trainer.precision, self.device),
+                "native_bf16_cpu": precision.native_bf16_cpu(),
                 "zero_stage": actors[0].zero_stage, "policies": list(self.policies),
                 "parameters": sum(a.total_parameters() for a in actors),
                 "local_parameters": sum(a.local_parameters() for a in actors)}
@@ -119,8 +122,12 @@ class RankWorker:
 
     @property
     def bf16(self) -> bool:
-        """DeepSpeed engines train in bf16 on a GPU, in fp32 on the CPU."""
-        return self.device.type == "cuda"
+        """DeepSpeed engines train in bf16 on a GPU (unless trainer.precision=fp32), in fp32
+        on the CPU (where trainer.precision=bf16 autocasts the passes instead)."""
+        return precision.deepspeed_bf16(self.cfg.trainer.precision, self.device)
+
+    def _compute(self):
+        return precision.compute(self.cfg.trainer.precision, self.device)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -150,7 +157,8 @@ class RankWorker:
         while self.step < step:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            bag = run_iteration(self.parts, self.step + 1, self.work.pipeline, self.work.batch_type)
+            with self._compute():
+                bag = run_iteration(self.parts, self.step + 1, self.work.pipeline, self.work.batch_type)
             if torch.cuda.is_available():  # what the trainer's allocator held at most (vLLM's pool aside)
                 bag.add("perf/gpu_peak_mib", torch.cuda.max_memory_allocated() / 2**20, reduce="max")
             self.step += 1
@@ -169,7 +177,8 @@ class RankWorker:
     def evaluate(self) -> dict:
         """The workload's held-out evaluation (greedy task accuracy, or greedy episodes'
         success rate), sharded over ranks and reduced."""
-        return self.work.evaluate()
+        with self._compute():
+            return self.work.evaluate()
 
     # --- checkpoints --------------------------------------------------------
     def save(self, root_uri: str, metrics: dict) -> str:

@@ -87,6 +87,8 @@ CASES = {c.name: c for c in [
     LearningCase("default", ("train",), 100, 0.25, "tests/e2e/test_learning.py"),
     LearningCase("lora", ("train", "model.lora.rank=8", "trainer.lr=1e-3", "trainer.steps=50", "trainer.eval_every=0",
                           "trainer.save_every=0"), 50, 0.07, "tests/e2e/test_learning.py"),
+    LearningCase("bf16", ("train", "trainer.precision=bf16", "trainer.steps=50", "trainer.eval_every=0",
+                          "trainer.save_every=0"), 50, 0.10, "tests/e2e/test_learning.py"),
     LearningCase("hf", ("train", "rollout=hf", "trainer.steps=40", "trainer.eval_every=0",
                         "trainer.micro_batch_size=256"), 40, 0.05, "tests/e2e/test_learning.py"),
     LearningCase("ppo", ("train", "algorithm=ppo", "trainer.steps=30", "trainer.eval_every=30",
