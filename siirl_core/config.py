@@ -98,6 +98,11 @@ class RolloutConfig:
     # cache released; vLLM's sleep mode) and wake it to receive the new weights, so that
     # rollout and training share one device as colocated trainers do.
     sleep_during_update: bool = False
+    # With LoRA (model.lora.rank > 0) and vLLM: what the engine receives after each update.
+    # merged: the weights W + scaling * B A under the base model's names; adapters: only
+    # the adapter files, which vLLM applies itself (its LoRA support; the base weights it
+    # loaded stay as they are).
+    lora_sync: str = "merged"
 
 
 @dataclass

@@ -129,6 +129,10 @@ def _validate_memory(cfg: SiirlConfig) -> None:
 def _validate_lora(cfg: SiirlConfig) -> None:
     lora = cfg.model.lora
     _positive("model.lora.rank", lora.rank, zero_ok=True)
+    _one_of("rollout.lora_sync", cfg.rollout.lora_sync, {"merged", "adapters"})
+    if cfg.rollout.lora_sync == "adapters" and not (lora.rank and cfg.rollout.backend == "vllm"):
+        raise ConfigError(f"rollout.lora_sync=adapters hands vLLM the LoRA adapters; it needs model.lora.rank > 0 "
+                          f"(got {lora.rank}) and rollout.backend=vllm (got {cfg.rollout.backend})")
     if not lora.rank:
         return
     _positive("model.lora.alpha", lora.alpha)

@@ -9,6 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def sync_rollout(actor, rollout) -> None:
+    """The rollout engine samples from the actor's current weights: the merged weights by
+    name, or, for an engine that applies LoRA adapters itself (vLLM with
+    rollout.lora_sync=adapters), the adapter files alone."""
+    if getattr(rollout, "takes_adapters", False):
+        from siirl_core.training.lora import save_adapter
+
+        with actor.gathered():
+            rollout.sync_adapter(lambda folder: save_adapter(actor.module, folder))
+    else:
+        rollout.sync_weights(actor.named_weights())
+
+
 @dataclass
 class TrainedEngine:
     """A DeepSpeed actor (module, optimizer, LR schedule) with its base learning rate and
@@ -56,7 +69,7 @@ class TrainedPolicy(TrainedEngine):
 
     def sync_rollout(self) -> None:
         """The rollout engine samples from the trained weights again (after a restore)."""
-        self.rollout.sync_weights(self.actor.named_weights())
+        sync_rollout(self.actor, self.rollout)
 
     def stage(self, staging: str, rank: int) -> None:
         """This rank's engine shards and (rank 0) the HF export into a staging folder."""

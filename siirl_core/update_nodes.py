@@ -11,6 +11,7 @@ from siirl_core.algorithms.entropy import entropy_from_logits, logprobs_from_log
 from siirl_core.algorithms.policy_loss import truncated_is_weights
 from siirl_core.algorithms.value import clipped_value_loss
 from siirl_core.batch import IterationBatch
+from siirl_core.policy import sync_rollout
 from siirl_core.training.actor import policy_loss_terms
 from siirl_core.training.critic import response_values
 from siirl_core.training.fused import fused_backward_cheaper, on_policy_single_update, skips_zero_advantage
@@ -170,4 +171,4 @@ def node_update(parts, b: IterationBatch, bag):
 
 
 def node_sync(parts, b: IterationBatch, bag):
-    parts.rollout.sync_weights(parts.actor.named_weights())
+    sync_rollout(parts.actor, parts.rollout)

@@ -97,3 +97,34 @@ def test_bad_lora_settings_name_the_key(override, message):
 def test_lora_is_for_single_policy_runs():
     with pytest.raises(ConfigError, match="model.lora applies to single-policy runs"):
         compose_config(["agents=referential", "model.lora.rank=8"])
+
+
+def test_vllm_samples_through_the_adapters_it_is_handed(warm_model):
+    """rollout.lora_sync=adapters: after each update vLLM gets only the adapter files and
+    samples from the base plus those adapters, the model the trainer scores with."""
+    from siirl_core.worker import RankWorker
+
+    cfg = compose_config(["model.lora.rank=4", "model.lora.alpha=8", "rollout.lora_sync=adapters",
+                          "trainer.prompts_per_step=8", "trainer.lr=1e-2", "algorithm.entropy_coef=0.01"])
+    worker = RankWorker(to_dict(cfg), warm_model, rank=0, world_size=1, master_port=_free_port())
+    worker.setup()
+    rollout = worker.parts.rollout
+    assert rollout.takes_adapters and rollout.lora_request is None  # fresh adapters: B = 0, the base model
+    worker.run_until(1)
+    first = rollout.lora_request.lora_path
+    assert os.path.isfile(os.path.join(first, "adapter_model.safetensors"))
+    m2 = worker.run_until(2)  # sampled through the adapters trained at step 1
+    assert rollout.lora_request.lora_int_id == 2 and not os.path.exists(first)  # the older files are gone
+    assert m2["rollout/logprob_abs_diff"] < 2e-5, m2["rollout/logprob_abs_diff"]
+    # Control: the same engine without the adapters samples from the base weights, which
+    # the trained adapters have moved away from: the metric above would have shown it.
+    rollout.lora_request = None
+    m3 = worker.run_until(3)
+    assert m3["rollout/logprob_abs_diff"] > 10 * max(m2["rollout/logprob_abs_diff"], 1e-7)
+
+
+def test_adapters_for_vllm_need_lora_and_vllm():
+    with pytest.raises(ConfigError, match=r"rollout.lora_sync=adapters .* model.lora.rank > 0 \(got 0\)"):
+        compose_config(["rollout.lora_sync=adapters"])
+    with pytest.raises(ConfigError, match=r"rollout.backend=vllm \(got hf\)"):
+        compose_config(["rollout=hf", "model.lora.rank=8", "rollout.lora_sync=adapters"])

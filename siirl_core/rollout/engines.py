@@ -23,6 +23,7 @@ def build_rollout_engine(cfg, tokenizer, model_dir: str, seed: int, module: torc
         cores = None if torch.cuda.is_available() else cpu_cores_for(local_rank, cfg.cluster.threads_per_worker)
         return VLLMRollout(model_dir, eos_id=tokenizer.eos_token_id, seed=seed, kv_cache_gib=r.kv_cache_gib,
                            dtype=rollout_dtype(cfg.trainer.precision),
+                           lora_rank=cfg.model.lora.rank if r.lora_sync == "adapters" else 0,
                            cpu_cores=cores, enforce_eager=r.enforce_eager,
                            max_model_len=rollout_positions(r.max_model_len, model_positions_of(model_dir)),
                            sleep_during_update=r.sleep_during_update)

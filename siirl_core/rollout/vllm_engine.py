@@ -3,17 +3,32 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+import shutil
+import tempfile
+from typing import Callable, Iterable
 
 import torch
 
 from siirl_core.rollout.base import RolloutBatch, SamplingConfig, check_room, strip_eos
 
 
+# The adapter ranks vLLM accepts as max_lora_rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds adapters of `rank`."""
+    fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fits:
+        raise ValueError(f"model.lora.rank={rank} is above vLLM's largest adapter rank ({VLLM_LORA_RANKS[-1]})")
+    return fits[0]
+
+
 class VLLMRollout:
     def __init__(self, model_path: str, eos_id: int, seed: int = 0, dtype: str = "float32",
                  max_model_len: int = 128, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
-                 cpu_cores: str | None = None, enforce_eager: bool | None = None, sleep_during_update: bool = False):
+                 cpu_cores: str | None = None, enforce_eager: bool | None = None, sleep_during_update: bool = False,
+                 lora_rank: int = 0):
         if sleep_during_update and not torch.cuda.is_available():
             raise ValueError("rollout.sleep_during_update frees the GPU memory vLLM holds while the trainer runs; "
                              "this rank has no GPU (vLLM's sleep mode needs CUDA): set it to false")
@@ -41,6 +56,11 @@ class VLLMRollout:
         kwargs["use_tqdm_on_load"] = verbose  # its weight-loading bar
         if sleep_during_update:
             kwargs["enable_sleep_mode"] = True
+        if lora_rank:  # sample through the adapters the trainer hands over (sync_adapter)
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
+        self.takes_adapters = bool(lora_rank)
+        self.lora_request = None  # the latest adapters; None: the base weights alone
+        self._adapter_root = tempfile.mkdtemp(prefix="siirl-vllm-adapters-") if lora_rank else ""
         self.sleeps, self.asleep = sleep_during_update, False
         self.llm = LLM(**kwargs)
         self.eos_id = eos_id
@@ -78,7 +98,7 @@ class VLLMRollout:
             for i in range(len(prompt_ids))
         ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params,
-                                 use_tqdm=False)
+                                 use_tqdm=False, lora_request=self.lora_request)
         batch = RolloutBatch([], [], [], [], [])
         for i, out in enumerate(outs):
             for comp in out.outputs:
@@ -91,6 +111,18 @@ class VLLMRollout:
                 batch.finished.append(finished)
                 batch.group_index.append(i)
         return batch
+
+    def sync_adapter(self, write: Callable[[str], None]) -> None:
+        """New adapters: `write(folder)` saves them in peft's format; vLLM loads them on the
+        next generation, under a new id (ids are how it caches adapters)."""
+        version = (self.lora_request.lora_int_id if self.lora_request else 0) + 1
+        folder = os.path.join(self._adapter_root, f"v{version}")
+        write(folder)
+        from vllm.lora.request import LoRARequest
+
+        self.lora_request = LoRARequest(f"policy-v{version}", version, folder)
+        self.llm.reset_prefix_cache()
+        shutil.rmtree(os.path.join(self._adapter_root, f"v{version - 1}"), ignore_errors=True)
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._awake()
