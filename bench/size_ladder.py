@@ -48,7 +48,7 @@ def overrides(size: str, lora: int, args) -> list[str]:
            "algorithm.entropy_coef=0.01"]
     if lora:
         out += [f"model.lora.rank={lora}", f"model.lora.alpha={2 * lora}"]
-    return out
+    return out + [x for x in args.extra.split(" ") if x]
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -121,6 +121,8 @@ def one_rung(model_dir: str, size: str, lora: int, args) -> dict:
             "gradient_checkpointing": bool(getattr(module, "is_gradient_checkpointing", False)),
             "bf16_autocast": info["bf16_autocast"], "native_bf16_cpu": info["native_bf16_cpu"],
             "zero_stage": actor.zero_stage, "threads": torch.get_num_threads(), "steps": steps,
+            "rollout_engine": type(worker.parts.rollout).__name__,
+            "rollout_takes_adapters": bool(getattr(worker.parts.rollout, "takes_adapters", False)),
             "seconds": last["seconds"], "phases": last["phases"],
             "rollout_tokens_per_s": last["rollout_tokens"] / max(last["phases"].get("rollout", 0), 1e-9),
             "model_flops": flops, "matmul_peak_flops": peak, "mfu": flops / last["seconds"] / peak,
@@ -159,6 +161,7 @@ def main() -> None:
     ap.add_argument("--micro-rows", type=int, default=4)
     ap.add_argument("--port", default="29581")
     ap.add_argument("--precision", default="auto", help="trainer.precision: auto (fp32 on a CPU), fp32 or bf16")
+    ap.add_argument("--extra", default="", help="more overrides, space-separated (they win: e.g. rollout=vllm)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "size_ladder"))
     ap.add_argument("--rung", help=argparse.SUPPRESS)  # internal: model dir|size|lora; prints its JSON
     ap.add_argument("--make", help=argparse.SUPPRESS)  # internal: model dir|size
@@ -193,7 +196,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--rung", f"{models[size]}|{size}|{lora}",
                    "--iterations", str(args.iterations), "--prompts", str(args.prompts), "--n", str(args.n),
                    "--response", str(args.response), "--micro-rows", str(args.micro_rows), "--port", args.port,
-                   "--precision", args.precision]
+                   "--precision", args.precision, "--extra", args.extra]
             t0 = time.perf_counter()
             try:
                 rows.append({"rung": name, **run_side(cmd, ROOT), "wall_s": time.perf_counter() - t0})
@@ -205,7 +208,7 @@ def main() -> None:
             print(f"{name}: {rows[-1]['seconds']:.1f} s per iteration, peak {rows[-1]['peak_rss_mib']:.0f} MiB",
                   flush=True)
     result = {"settings": {k: getattr(args, k) for k in ("iterations", "prompts", "n", "response", "micro_rows",
-                                                          "precision")},
+                                                          "precision", "extra")},
               "rungs": rows}
     _plot(result, args.out + ".png")
     write_result(args.out, result, _markdown(result))
