@@ -99,15 +99,23 @@ def test_lora_is_for_single_policy_runs():
         compose_config(["agents=referential", "model.lora.rank=8"])
 
 
-def test_vllm_samples_through_the_adapters_it_is_handed(warm_model):
-    """rollout.lora_sync=adapters: after each update vLLM gets only the adapter files and
-    samples from the base plus those adapters, the model the trainer scores with."""
+@pytest.fixture(scope="session")
+def adapters_worker(warm_model):
+    """Kept for the whole session: an in-process vLLM engine that shuts down tears down
+    torch.distributed's default group, under the engines of later tests."""
     from siirl_core.worker import RankWorker
 
     cfg = compose_config(["model.lora.rank=4", "model.lora.alpha=8", "rollout.lora_sync=adapters",
                           "trainer.prompts_per_step=8", "trainer.lr=1e-2", "algorithm.entropy_coef=0.01"])
     worker = RankWorker(to_dict(cfg), warm_model, rank=0, world_size=1, master_port=_free_port())
     worker.setup()
+    return worker
+
+
+def test_vllm_samples_through_the_adapters_it_is_handed(adapters_worker):
+    """rollout.lora_sync=adapters: after each update vLLM gets only the adapter files and
+    samples from the base plus those adapters, the model the trainer scores with."""
+    worker = adapters_worker
     rollout = worker.parts.rollout
     assert rollout.takes_adapters and rollout.lora_request is None  # fresh adapters: B = 0, the base model
     worker.run_until(1)
