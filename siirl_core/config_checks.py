@@ -133,6 +133,9 @@ def _validate_lora(cfg: SiirlConfig) -> None:
     if cfg.rollout.lora_sync == "adapters" and not (lora.rank and cfg.rollout.backend == "vllm"):
         raise ConfigError(f"rollout.lora_sync=adapters hands vLLM the LoRA adapters; it needs model.lora.rank > 0 "
                           f"(got {lora.rank}) and rollout.backend=vllm (got {cfg.rollout.backend})")
+    if cfg.rollout.lora_sync == "adapters" and cfg.agents.env:
+        raise ConfigError("rollout.lora_sync=adapters is for vLLM, and multi-agent policies sample with the hf "
+                          "engine over their own modules (nothing to sync): leave rollout.lora_sync=merged")
     if not lora.rank:
         return
     _positive("model.lora.alpha", lora.alpha)
@@ -141,8 +144,6 @@ def _validate_lora(cfg: SiirlConfig) -> None:
     if not lora.target_modules:
         raise ConfigError("model.lora.target_modules is empty: name the linear layers that get adapters "
                           "(e.g. [q_proj,v_proj])")
-    if cfg.agents.env:
-        raise ConfigError("model.lora applies to single-policy runs; multi-agent policies train every weight")
 
 
 def _validate_context(cfg: SiirlConfig) -> None:

@@ -2,6 +2,7 @@
 biased opponent, self-play with two policies, one policy shared by two agents, and
 the alternating schedule, and the signalling bonus on its own."""
 import math
+import os
 from collections import Counter
 
 import pytest
@@ -124,3 +125,27 @@ def test_signalling_bonus_alone_moves_the_speaker_towards_a_code(tmp_path, bonus
     else:
         assert "agent/speaker/signalling/mutual_info" not in m
         assert abs(gain) < 1e-4, gain
+
+
+def test_agent_policies_train_lora_adapters(tmp_path):
+    """model.lora applies to every agent policy, as to a single-agent run's one policy:
+    only the adapters move, a checkpoint holds only them for each policy, and a restore
+    gives them back."""
+    overrides = ["agents=rps_selfplay", "model.lora.rank=4", "trainer.lr=1e-2"]
+    w = make_worker(tmp_path, overrides)
+    before = {pid: {n: p.detach().clone() for n, p in pol.actor.module.named_parameters()}
+              for pid, pol in w.policies.items()}
+    w.run_until(1)
+    for pid, pol in w.policies.items():
+        moved = {n for n, p in pol.actor.module.named_parameters() if not torch.equal(p, before[pid][n])}
+        assert moved and all(".lora_" in n for n in moved), pid
+    folder = w.save(str(tmp_path / "run"), {})
+    for pid in ("alice", "bob"):
+        engine = os.path.join(folder, "policies", pid, "engine", "state", "mp_rank_00_model_states.pt")
+        weights = os.path.join(folder, "policies", pid, "hf", "model.safetensors")
+        assert os.path.getsize(engine) < 0.5 * os.path.getsize(weights)  # adapters only
+    fresh = make_worker(tmp_path / "fresh", overrides)
+    fresh.restore(folder, 1)
+    for pid, pol in w.policies.items():
+        restored = dict(fresh.policies[pid].actor.module.named_parameters())
+        assert all(torch.equal(p, restored[n]) for n, p in pol.actor.module.named_parameters()), pid

@@ -94,11 +94,6 @@ def test_bad_lora_settings_name_the_key(override, message):
         compose_config(overrides)
 
 
-def test_lora_is_for_single_policy_runs():
-    with pytest.raises(ConfigError, match="model.lora applies to single-policy runs"):
-        compose_config(["agents=referential", "model.lora.rank=8"])
-
-
 @pytest.fixture(scope="session")
 def adapters_worker(warm_model):
     """Kept for the whole session: an in-process vLLM engine that shuts down tears down
@@ -136,3 +131,5 @@ def test_adapters_for_vllm_need_lora_and_vllm():
         compose_config(["rollout.lora_sync=adapters"])
     with pytest.raises(ConfigError, match=r"rollout.backend=vllm \(got hf\)"):
         compose_config(["rollout=hf", "model.lora.rank=8", "rollout.lora_sync=adapters"])
+    with pytest.raises(ConfigError, match=r"multi-agent policies sample with the hf engine"):
+        compose_config(["agents=rps_selfplay", "model.lora.rank=8", "rollout.lora_sync=adapters"])
