@@ -32,7 +32,7 @@ def measure(n_ranks: int, policy: str, overrides: list[str], iterations: int, wa
     cfg = compose_config([f"cluster.n_workers={n_ranks}", *overrides])
     samples = cfg.trainer.prompts_per_step * cfg.rollout.n
     with dask_client(cluster, n_ranks, 1) as client:
-        group = start_rank_group(client, to_dict(cfg), policy, n_ranks)
+        group = start_rank_group(client, to_dict(cfg), policy, n_ranks, cfg.run_dir)
         print(f"{n_ranks} rank(s) set up: {group.info}", flush=True)
         walls, worker_s = [], []
         for step in range(1, warmup + iterations + 1):

@@ -149,12 +149,16 @@ def _run_training(cfg: SiirlConfig, overrides: list[str], run_dir: str) -> dict:
     with dask_client(cfg.cluster.kind, cfg.cluster.n_workers, cfg.cluster.threads_per_worker,
                      cfg.cluster.address) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
-        group = start_rank_group(client, to_dict(cfg), policy, cfg.cluster.n_workers)
+        group = start_rank_group(client, to_dict(cfg), policy, cfg.cluster.n_workers, run_dir)
         record_ranks(group, run_dir)
         logger.info("derived settings: %s", cfg.derived())
         for i in group.info:
             logger.info("rank %d: pid %d on %s, %d of %d parameters held locally, ZeRO stage %d, %s", i["rank"],
                         i["pid"], i["host"], i["local_parameters"], i["parameters"], i["zero_stage"], _precision(i))
+            if i["malloc_trim_threshold"] is not None:
+                logger.warning("rank %d runs with MALLOC_TRIM_THRESHOLD_=%s (Dask's nanny sets it), which makes "
+                               "large tensor allocations slow; see docs/cluster.md to start workers without it",
+                               i["rank"], i["malloc_trim_threshold"])
         start = restore_checkpoint(group, cfg, candidates)
         trackers = build_trackers(cfg, run_dir, start, flow_run.name)
         sinks = MetricSinks(run_dir, resumed_from=start, also=tuple(trackers))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from distributed import Client
 
+from infra.worker_prep import absolute_paths, check_visible, restart_used_workers
+
 log = logging.getLogger("siirl.rank_group")
 
 
@@ -95,9 +97,17 @@ class RankGroup:
     traffic: list[tuple[str, int, int]] = field(default_factory=list)
     poll_s: float = 0.02
 
-    def start(self) -> "RankGroup":
+    def _pick_workers(self) -> list[str]:
         self.client.wait_for_workers(self.world_size, timeout=300)
-        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])[:self.world_size]
+        return sorted(self._alive())[:self.world_size]
+
+    def start(self) -> "RankGroup":
+        workers = self._pick_workers()
+        if restart_used_workers(self.client, workers):
+            workers = self._pick_workers()
+        storage = self.cfg["storage"]["uri"]
+        model_dirs = list(self.model_path.values()) if isinstance(self.model_path, dict) else [self.model_path]
+        check_visible(self.client, workers, model_dirs, storage if "://" not in storage else None)
         host = _host_of(workers[0])
         port = self.client.run(_free_port, workers=[workers[0]])[workers[0]]
         from siirl_core.worker import RankWorker  # here: it pulls in the training engines
@@ -133,7 +143,12 @@ class RankGroup:
 
     def call(self, method: str, *args, **kwargs) -> list:
         arg_bytes = len(pickle.dumps((args, kwargs)))
-        futures = [getattr(a, method)(*args, **kwargs) for a in self.actors]
+        futures = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                futures.append(getattr(actor, method)(*args, **kwargs))
+            except Exception as err:  # "Worker holding Actor was lost": its process died since the last call
+                raise self._failure(rank, method, err) from err
         results: list = [None] * len(futures)
         pending = set(range(len(futures)))
         last_check = time.monotonic()
@@ -188,5 +203,8 @@ class RankGroup:
         return self.start()
 
 
-def start_rank_group(client: Client, cfg: dict, model_path: str | dict, world_size: int) -> RankGroup:
+def start_rank_group(client: Client, cfg: dict, model_path: str | dict, world_size: int, run_dir: str) -> RankGroup:
+    """Ranks on `world_size` workers, given every local path absolute (`run_dir` is the
+    driver's run folder), on fresh processes that see the model and run folders."""
+    cfg, model_path = absolute_paths(cfg, run_dir, model_path)
     return RankGroup(client, cfg, model_path, world_size).start()

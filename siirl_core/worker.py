@@ -84,7 +84,8 @@ class RankWorker:
                 "native_bf16_cpu": precision.native_bf16_cpu(),
                 "zero_stage": actors[0].zero_stage, "policies": list(self.policies),
                 "parameters": sum(a.total_parameters() for a in actors),
-                "local_parameters": sum(a.local_parameters() for a in actors)}
+                "local_parameters": sum(a.local_parameters() for a in actors),
+                "malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
     def _build_policy(self, pid: str, model_dir: str) -> TrainedPolicy:
         """Policy `pid`: its tokenizer, its model (LoRA-wrapped when configured) in a

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from infra.rank_group import RankFailure
+from infra.worker_prep import for_ranks
 from siirl_core import checkpoint as ckpt
 from siirl_core.config import SiirlConfig
 from siirl_core.rewards.scorer import RewardError
@@ -31,7 +32,7 @@ def restore_newest(group, cfg: SiirlConfig, candidates: list[tuple[int, str]]) -
         return 0
     for step, folder in candidates:
         try:
-            group.call("restore", folder, step)
+            group.call("restore", for_ranks(folder), step)
             return step
         except RankFailure as err:
             if not err.caused_by(ckpt.ChecksumError):
@@ -70,7 +71,7 @@ def run_iteration(group, step: int, cfg: SiirlConfig) -> dict:
 @task(cache_policy=NO_CACHE, task_run_name="checkpoint-{step}")
 def save_checkpoint(group, cfg: SiirlConfig, step: int, metrics: dict) -> str:
     try:
-        folder = group.call_rank0("save", cfg.checkpoint_root, metrics)
+        folder = group.call_rank0("save", for_ranks(cfg.checkpoint_root), metrics)
     except RankFailure as err:
         if cfg.storage.on_save_error == "stop" or not err.caused_by(ckpt.CheckpointSaveError):
             raise
@@ -110,7 +111,7 @@ def evaluate(group, label: str, cfg: SiirlConfig, step: int) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def export_policy(group, out_dir: str) -> str:
-    return group.call_rank0("export", out_dir)
+    return group.call_rank0("export", for_ranks(out_dir))
 
 
 def worth_retrying(task, task_run, state) -> bool:

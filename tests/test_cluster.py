@@ -5,7 +5,7 @@ from distributed import LocalCluster
 
 from infra.cluster import dask_client
 from siirl_core.compose import compose_config
-from siirl_core.config import ConfigError
+from siirl_core.config import ConfigError, to_dict
 from tests.conftest import _free_port
 
 
@@ -28,3 +28,28 @@ def test_too_few_workers_at_the_address_are_counted():
 def test_address_kind_needs_an_address():
     with pytest.raises(ConfigError, match=r"cluster=address needs cluster.address=tcp://host:port"):
         compose_config(["cluster=address"])
+
+
+def test_ranks_get_every_local_path_absolute(tmp_path, monkeypatch):
+    """Ranks on other machines run in their own working folders: what the driver resolved
+    against its own must reach them absolute, and URIs as they are."""
+    from infra.worker_prep import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = to_dict(compose_config(["storage.cache_dir=cache"]))
+    # Fields whose files the config checks would want to exist, set on the plain dict:
+    cfg["model"]["path"] = "models/m"
+    cfg["task"].update(train_files=["data/a.jsonl"], val_files=["b.jsonl"])
+    ranks_cfg, model = absolute_paths(cfg, "runs/x", "cache/sft")
+    assert ranks_cfg["storage"]["uri"] == f"{tmp_path}/runs/x"  # the default run folder, named
+    assert ranks_cfg["storage"]["cache_dir"] == f"{tmp_path}/cache"
+    assert ranks_cfg["model"]["path"] == f"{tmp_path}/models/m"
+    assert (ranks_cfg["task"]["train_files"], ranks_cfg["task"]["val_files"]) == ([f"{tmp_path}/data/a.jsonl"],
+                                                                                [f"{tmp_path}/b.jsonl"])
+    assert model == f"{tmp_path}/cache/sft"
+    assert cfg["storage"]["uri"] == ""  # the driver's own config is left as given
+
+    s3 = to_dict(compose_config(["storage.uri=s3://bucket/run"]))
+    ranks_cfg, models = absolute_paths(s3, "runs/y", {"speaker": "/abs/a", "listener": "rel/b"})
+    assert ranks_cfg["storage"]["uri"] == "s3://bucket/run"
+    assert models == {"speaker": "/abs/a", "listener": f"{tmp_path}/rel/b"}
